@@ -1,0 +1,281 @@
+// hyperloop/rnic.h: the one device interface (an Env for RDMA NICs).
+//
+// Modelled on the hardware, not on a convenience API: remote patching writes
+// into work-queue memory, so the mlx5 WQE ring format is part of the contract
+// (see hyperloop/mlx5/wqe.h). Backends:
+//   "soft", "soft:<name>"  rnic/soft, the software RNIC (embedded default)
+//   "mlx5_*"               rnic/mlx5, ConnectX through rdma-core mlx5dv/DevX
+//   other rdma-core names  rnic/verbs, standard verbs, no cross-channel
+//
+// Capabilities are explicit (DeviceCaps); an operation the device cannot do
+// returns StatusCode::kNotSupported, never undefined behaviour.
+//
+// Object lifetime follows verbs: destroy QPs before their CQs and PD, MRs
+// before their PD, everything before the Device. Destroying an object stops the
+// device from touching it before the destructor returns.
+//
+// Thread-safety: control-path calls (create/register/modify/destroy) are safe
+// from any thread. Data-path calls on one QP (post_send, post_recv, raw ring
+// access, doorbells) must come from one thread at a time; poll() on one CQ
+// likewise. Distinct QPs and CQs may be used from distinct threads.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "hyperloop/mlx5/wqe.h"
+#include "hyperloop/status.h"
+
+namespace hyperloop::rnic {
+
+// ---- capabilities -------------------------------------------------------------
+struct DeviceCaps {
+  std::string name;
+  std::string backend;             // "soft", "mlx5", "verbs"
+  bool cross_channel = false;      // WAIT, SEND_EN, RECV_EN work requests
+  bool managed_queues = false;     // queues that run only what was enabled
+  bool raw_send_ring = false;      // send queue exposed as an mlx5 WQE ring
+  bool raw_recv_ring = false;      // receive queue exposed as an mlx5 ring
+  bool raw_cq_ring = false;        // CQ exposed as an mlx5 CQE ring
+  bool atomics = false;            // ATOMIC_CS / ATOMIC_FA
+  bool persistent_memory = false;  // persistent memory regions
+  uint32_t max_sge = 0;
+  uint32_t max_inline_data = 0;
+  uint32_t max_send_wqebbs = 0;    // per send queue, power of two
+  uint32_t max_recv_wqes = 0;      // per receive queue, power of two
+  uint32_t max_cqe = 0;            // per CQ, power of two
+  uint64_t max_mr_size = 0;
+  uint32_t max_msg_size = 0;
+  uint32_t max_rd_atomic = 0;      // outstanding READs/atomics per QP
+};
+
+// Memory access rights; the values equal IBV_ACCESS_*.
+enum Access : uint32_t {
+  kAccessLocalWrite = 1u << 0,
+  kAccessRemoteWrite = 1u << 1,
+  kAccessRemoteRead = 1u << 2,
+  kAccessRemoteAtomic = 1u << 3,
+};
+inline constexpr uint32_t kAccessAllRemote = kAccessRemoteWrite | kAccessRemoteRead | kAccessRemoteAtomic;
+inline constexpr uint32_t kAccessAll = kAccessLocalWrite | kAccessAllRemote;
+
+using Sge = mlx5::Sge;
+
+// ---- work requests -------------------------------------------------------------
+enum class WrOpcode : uint8_t {
+  kNop,
+  kRdmaWrite,
+  kRdmaWriteImm,
+  kSend,
+  kSendImm,
+  kRdmaRead,      // zero-length allowed (no SGE)
+  kAtomicCas,     // 8-byte aligned remote word; old value to sg[0] (8 bytes)
+  kAtomicFaa,
+  kWait,          // block this send queue until `wait.cq` has produced CQE `wait.index`
+  kSendEnable,    // release managed send queue `enable.qp` up to `enable.index`
+  kRecvEnable,    // release managed receive queue `enable.qp` up to `enable.index`
+};
+
+enum SendFlags : uint32_t {
+  kSendSignaled = 1u << 0,   // write a CQE on success (errors always do)
+  kSendFence = 1u << 1,      // wait for earlier READs/atomics to complete
+  kSendInline = 1u << 2,     // copy payload into the WQE
+  kSendSolicited = 1u << 3,
+};
+
+class CompletionQueue;
+class QueuePair;
+
+struct SendWr {
+  uint64_t wr_id = 0;
+  WrOpcode opcode = WrOpcode::kNop;
+  uint32_t flags = 0;            // SendFlags
+  std::span<const Sge> sg;       // local buffers
+  uint32_t imm = 0;              // host order; for *_IMM
+  uint64_t remote_addr = 0;      // RDMA and atomics
+  uint32_t rkey = 0;
+  uint64_t compare_add = 0;      // CAS compare, or FAA addend
+  uint64_t swap = 0;             // CAS swap
+  // WAIT: the 0-based index (24-bit, wraps) of the CQE to wait for.
+  const CompletionQueue* wait_cq = nullptr;
+  // SEND_EN/RECV_EN: the new exclusive producer limit (16-bit, wraps) of the
+  // managed queue, in WQEBBs for send queues and WQEs for receive queues.
+  const QueuePair* enable_qp = nullptr;
+  uint32_t index = 0;
+};
+
+struct RecvWr {
+  uint64_t wr_id = 0;
+  std::span<const Sge> sg;
+};
+
+// ---- completions -------------------------------------------------------------
+enum class WcStatus : uint8_t {
+  kSuccess,
+  kLocalLengthError,
+  kLocalQpOperationError,  // malformed WQE or invalid cross-channel target
+  kLocalProtectionError,   // bad lkey, out of bounds, wrong PD or access
+  kFlushed,                // the QP went to ERROR before this ran
+  kBadResponse,
+  kLocalAccessError,
+  kRemoteInvalidRequest,
+  kRemoteAccessError,      // bad rkey, out of bounds, wrong access at the peer
+  kRemoteOperationError,
+  kRetryExceeded,          // transport: the peer did not answer
+  kRnrRetryExceeded,       // no receive WQE at the peer, retries ran out
+  kGeneralError,
+};
+std::string_view wc_status_name(WcStatus s);
+WcStatus wc_status_from_syndrome(uint8_t syndrome);
+
+enum class WcOpcode : uint8_t {
+  kSend, kRdmaWrite, kRdmaRead, kAtomicCas, kAtomicFaa, kNop, kWait, kSendEnable, kRecvEnable,
+  kRecv,             // an inbound SEND consumed a receive WQE
+  kRecvRdmaWithImm,  // an inbound WRITE_IMM consumed a receive WQE
+  kUnknown,
+};
+
+struct WorkCompletion {
+  uint64_t wr_id = 0;       // structured posts; for raw-posted WQEs: ~0
+  WcStatus status = WcStatus::kSuccess;
+  WcOpcode opcode = WcOpcode::kUnknown;
+  uint32_t qpn = 0;
+  uint32_t byte_len = 0;    // receives and READs
+  uint32_t imm = 0;         // host order, when has_imm
+  bool has_imm = false;
+  uint16_t wqe_counter = 0; // send: WQEBB index of the WQE; recv: RQ index
+  uint8_t syndrome = 0;     // mlx5 syndrome for errors
+  uint8_t vendor_syndrome = 0;
+};
+inline constexpr uint64_t kRawWrId = ~uint64_t{0};
+
+// ---- objects -------------------------------------------------------------------
+class MemoryRegion {
+ public:
+  virtual ~MemoryRegion() = default;
+  virtual std::byte* addr() const = 0;
+  virtual size_t length() const = 0;
+  virtual uint32_t lkey() const = 0;
+  virtual uint32_t rkey() const = 0;
+  virtual uint32_t access() const = 0;
+  // An SGE covering [addr()+offset, +len).
+  Sge sge(size_t offset, uint32_t len) const {
+    return Sge{reinterpret_cast<uint64_t>(addr()) + offset, len, lkey()};
+  }
+  uint64_t remote_addr(size_t offset = 0) const { return reinterpret_cast<uint64_t>(addr()) + offset; }
+};
+
+struct CqAttr {
+  uint32_t cqe_count = 1024;     // power of two, at most caps.max_cqe
+  // Keep writing CQEs when nobody consumes them (a CQ only WAITed on). Without
+  // it a full CQ is an overrun: the producing QP goes to ERROR.
+  bool ignore_overrun = false;
+};
+
+class CompletionQueue {
+ public:
+  virtual ~CompletionQueue() = default;
+  virtual uint32_t cqn() const = 0;
+  virtual uint32_t size() const = 0;
+  // Takes up to out.size() completions. Returns how many, or
+  // kResourceExhausted once the CQ overran (completions were lost; the
+  // producing QPs went to ERROR).
+  virtual Result<size_t> poll(std::span<WorkCompletion> out) = 0;
+  // The CQE ring and its doorbell record, where caps.raw_cq_ring.
+  // Consuming raw CQEs: read with mlx5::read_cqe, then set_consumer_index.
+  virtual Result<mlx5::CqRingView> raw_ring() = 0;
+  virtual uint32_t consumer_index() const = 0;
+  virtual void set_consumer_index(uint32_t ci) = 0;
+};
+
+enum class QpState : uint8_t { kReset, kInit, kRtr, kRts, kError };
+std::string_view qp_state_name(QpState s);
+
+// The opaque blob that identifies a QP to its peer (exchanged out of band).
+struct QpAddress {
+  std::array<std::byte, 64> bytes{};
+  uint32_t size = 0;
+};
+
+struct QpAttr {
+  CompletionQueue* send_cq = nullptr;
+  CompletionQueue* recv_cq = nullptr;
+  uint32_t send_wqebbs = 256;    // power of two
+  uint32_t recv_wqes = 256;      // power of two
+  uint32_t max_recv_sge = 4;     // receive WQE stride = 16 * pow2(max_recv_sge)
+  bool cross_channel = false;    // may post WAIT / SEND_EN / RECV_EN (cd_master)
+  bool managed_send = false;     // executes only what a SEND_EN enabled (cd_slave_send)
+  bool managed_recv = false;     // consumes only what a RECV_EN enabled
+  uint8_t rnr_retry = 7;         // 7 = retry forever, as in IB
+  uint8_t retry_count = 7;       // transport retries before kRetryExceeded
+};
+
+class QueuePair {
+ public:
+  virtual ~QueuePair() = default;
+  virtual uint32_t qpn() const = 0;
+  virtual QpState state() const = 0;
+  virtual QpAddress address() const = 0;
+
+  // State machine: RESET -> INIT -> RTR -> RTS; any -> ERROR; any -> RESET.
+  // `remote_access` (kAccessRemote*) is what inbound requests may do on this QP.
+  virtual Status init(uint32_t remote_access) = 0;
+  virtual Status connect(const QpAddress& remote) = 0;  // INIT -> RTR
+  virtual Status ready_to_send() = 0;                   // RTR -> RTS
+  virtual Status set_error() = 0;
+  virtual Status reset() = 0;
+
+  // Structured posting: encodes an mlx5 WQE into the ring and rings the
+  // doorbell (a managed queue records it; only SEND_EN releases it).
+  // Errors: kFailedPrecondition (QP state), kResourceExhausted (ring full),
+  // kInvalidArgument (malformed request), kNotSupported (capability).
+  virtual Status post_send(const SendWr& wr) = 0;
+  virtual Status post_recv(const RecvWr& wr) = 0;
+
+  // Raw ring access, where caps.raw_send_ring. Write WQEs with mlx5 codec at
+  // counter send_producer(), then ring_send_doorbell(new producer). The ring's
+  // memory may be registered as a memory region for remote patching.
+  virtual Result<mlx5::SendRingView> raw_send_ring() = 0;
+  virtual uint32_t send_producer() const = 0;          // next free WQEBB counter
+  virtual Status ring_send_doorbell(uint32_t producer) = 0;
+  virtual Result<mlx5::RecvRingView> raw_recv_ring() = 0;
+  virtual uint32_t recv_producer() const = 0;
+  virtual Status ring_recv_doorbell(uint32_t producer) = 0;
+};
+
+class ProtectionDomain {
+ public:
+  virtual ~ProtectionDomain() = default;
+  // Registers [addr, addr+length). Remote write or atomic access requires
+  // local write. Errors: kInvalidArgument, kResourceExhausted.
+  virtual Result<std::unique_ptr<MemoryRegion>> register_memory(void* addr, size_t length,
+                                                                uint32_t access) = 0;
+  virtual Result<std::unique_ptr<QueuePair>> create_qp(const QpAttr& attr) = 0;
+};
+
+class Device {
+ public:
+  virtual ~Device() = default;
+  virtual const DeviceCaps& caps() const = 0;
+  virtual Result<std::unique_ptr<ProtectionDomain>> alloc_pd() = 0;
+  virtual Result<std::unique_ptr<CompletionQueue>> create_cq(const CqAttr& attr) = 0;
+};
+
+// Opens a device by name (see the list at the top). "soft" makes a new
+// software NIC on the process's default in-process fabric, driven by the
+// process-wide default executor (one thread for all NICs).
+Result<std::unique_ptr<Device>> open_device(std::string_view name);
+// Names open_device accepts on this machine, "soft" first.
+std::vector<std::string> list_devices();
+
+// Brings two fresh QPs to RTS connected to each other, with the given
+// remote-access rights on both.
+Status connect_pair(QueuePair& a, QueuePair& b, uint32_t remote_access = kAccessAllRemote);
+
+}  // namespace hyperloop::rnic

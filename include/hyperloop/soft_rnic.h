@@ -1,0 +1,205 @@
+// hyperloop/soft_rnic.h: the software RNIC (rnic/soft), its wire and executors.
+//
+// A faithful device model: it executes the mlx5 send-queue ring (NOP, RDMA
+// WRITE[_IMM], SEND[_IMM], RDMA READ incl. 0-byte, ATOMIC_CS/FA, WAIT,
+// SEND_EN, RECV_EN), keeps RC semantics (in-order execution, acknowledgements,
+// go-back-N retransmission, RNR retry) and strict errors (error CQE with the
+// mlx5 syndrome, QP to ERROR, the rest flushed). WQE contents are read when a
+// WQE executes, so patches made before its release are seen.
+//
+// The NIC is a pure step machine: poll_once() makes bounded progress and
+// returns. Nothing runs unless an executor drives it:
+//   SingleThreadExecutor   one thread polls every NIC of the process
+//   ThreadPerNicExecutor   one thread per NIC (optional CPU pinning)
+//   ManualExecutor         the caller steps NICs in a seeded random order
+//                          (deterministic simulation; virtual time)
+// All NIC work happens on executor threads: application threads of a host are
+// never needed for an operation to proceed.
+//
+// Thread-safety: Fabric, Nic control calls and executors are thread-safe.
+// A Nic may be attached to one executor at a time.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "hyperloop/rnic.h"
+
+namespace hyperloop::soft {
+
+class Nic;
+class Executor;
+
+// Virtual or real time in nanoseconds, as the NIC sees it.
+using Clock = std::function<uint64_t()>;
+uint64_t steady_now_ns();
+
+struct NicOptions {
+  std::string name;                    // default: "soft<uid>"
+  uint32_t max_qp = 4096;
+  uint32_t max_cq = 4096;
+  uint32_t max_mr = 65536;
+  uint64_t ack_timeout_ns = 20'000'000;   // transport retry timer (20 ms)
+  uint64_t rnr_delay_ns = 10'000;         // wait before retrying after RNR NAK
+  uint32_t max_outstanding = 128;         // requests in flight per QP
+};
+
+// Counters for tests and benchmarks. Read with Nic::stats().
+struct NicStats {
+  uint64_t polls = 0;
+  uint64_t wqes_executed = 0;
+  uint64_t packets_sent = 0;
+  uint64_t packets_received = 0;
+  uint64_t packets_dropped = 0;       // to a dead port, unknown QP, bad state
+  uint64_t retransmits = 0;
+  uint64_t rnr_naks = 0;
+  uint64_t error_cqes = 0;
+  uint64_t app_calls = 0;             // data-path calls made by application threads
+};
+
+// The in-process wire: NICs of one Fabric reach each other by address blob.
+class Fabric {
+ public:
+  Fabric();
+  ~Fabric();
+  Fabric(const Fabric&) = delete;
+  Fabric& operator=(const Fabric&) = delete;
+
+  // Creates a software NIC on this fabric. It does nothing until attached to
+  // an executor. The Fabric must outlive its NICs.
+  Result<std::unique_ptr<Nic>> create_nic(NicOptions options = {});
+
+  struct Impl;
+  Impl* impl() const { return impl_.get(); }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// The process-wide fabric used by rnic::open_device("soft").
+Fabric& default_fabric();
+// The process-wide executor (one thread) used by rnic::open_device("soft").
+Executor& default_executor();
+
+class Nic : public rnic::Device {
+ public:
+  ~Nic() override;
+
+  const std::string& name() const;
+  uint64_t uid() const;
+
+  // Makes bounded progress: at most `budget` inbound packets and `budget`
+  // WQEs. Returns the units of work done (0 = nothing to do). Called by
+  // executors only.
+  size_t poll_once(size_t budget = 64);
+  // True when no work is pending or in flight anywhere on this NIC.
+  bool idle() const;
+  NicStats stats() const;
+
+  // Fault: the NIC stops processing and answering; peers see timeouts.
+  void crash();
+  bool crashed() const;
+
+  // Set by executors: where this NIC's time comes from.
+  void set_clock(Clock clock);
+
+  // rnic::Device
+  const rnic::DeviceCaps& caps() const override;
+  Result<std::unique_ptr<rnic::ProtectionDomain>> alloc_pd() override;
+  Result<std::unique_ptr<rnic::CompletionQueue>> create_cq(const rnic::CqAttr& attr) override;
+
+  struct Impl;
+  Impl* impl() const { return impl_.get(); }
+
+ private:
+  friend class Fabric;
+  friend class Executor;
+  explicit Nic(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+  Executor* executor_ = nullptr;
+};
+
+// Base of all executors. A NIC detaches itself when destroyed.
+class Executor {
+ public:
+  virtual ~Executor() = default;
+  virtual void add(Nic& nic) = 0;
+  virtual void remove(Nic& nic) = 0;
+
+ protected:
+  static void set_executor(Nic& nic, Executor* e) { nic.executor_ = e; }
+  static Executor* executor_of(Nic& nic) { return nic.executor_; }
+};
+
+// One thread polls all attached NICs in turn (best on 2 cores).
+class SingleThreadExecutor final : public Executor {
+ public:
+  explicit SingleThreadExecutor(int cpu = -1);  // cpu >= 0: pin the thread
+  ~SingleThreadExecutor() override;
+  void add(Nic& nic) override;
+  void remove(Nic& nic) override;
+
+ private:
+  void run();
+  int cpu_;
+  std::mutex mu_;
+  std::vector<Nic*> nics_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+// One thread per NIC; cpus[i % cpus.size()] pins the i-th NIC's thread.
+class ThreadPerNicExecutor final : public Executor {
+ public:
+  explicit ThreadPerNicExecutor(std::vector<int> cpus = {});
+  ~ThreadPerNicExecutor() override;
+  void add(Nic& nic) override;
+  void remove(Nic& nic) override;
+
+ private:
+  struct Worker;
+  std::vector<int> cpus_;
+  std::mutex mu_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  size_t next_cpu_ = 0;
+};
+
+// Deterministic stepping: each step polls one NIC chosen by a seeded PRNG
+// with budget 1, after advancing virtual time by `ns_per_step`. With the same
+// seed, NICs and inputs, every run takes the same steps.
+class ManualExecutor final : public Executor {
+ public:
+  explicit ManualExecutor(uint64_t seed, uint64_t ns_per_step = 100);
+  ~ManualExecutor() override;
+  void add(Nic& nic) override;
+  void remove(Nic& nic) override;
+
+  uint64_t seed() const { return seed_; }
+  uint64_t now_ns() const { return now_; }
+  uint64_t steps() const { return steps_; }
+  // One step. Returns the work done by the polled NIC.
+  size_t step();
+  // Steps until pred() is true or max_steps ran out. Returns pred()'s last value.
+  bool run_until(const std::function<bool()>& pred, uint64_t max_steps = 10'000'000);
+  // Steps until every NIC is idle (or max_steps). Returns true if idle.
+  bool run_until_idle(uint64_t max_steps = 10'000'000);
+  // Advances virtual time without stepping (e.g. to let a timer fire).
+  void advance_time(uint64_t ns) { now_ += ns; }
+
+ private:
+  uint64_t seed_;
+  uint64_t ns_per_step_;
+  std::mt19937_64 rng_;
+  uint64_t now_ = 1;
+  uint64_t steps_ = 0;
+  std::vector<Nic*> nics_;
+};
+
+}  // namespace hyperloop::soft

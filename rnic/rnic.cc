@@ -1,0 +1,115 @@
+// Device-independent parts of the device interface: names, status mapping,
+// open_device dispatch, connect_pair.
+#include "hyperloop/rnic.h"
+
+#include <string>
+
+#include "hyperloop/soft_rnic.h"
+
+namespace hyperloop {
+
+std::string_view status_code_name(StatusCode code) {
+  switch (code) {
+    case StatusCode::kOk: return "OK";
+    case StatusCode::kInvalidArgument: return "InvalidArgument";
+    case StatusCode::kOutOfRange: return "OutOfRange";
+    case StatusCode::kNotFound: return "NotFound";
+    case StatusCode::kAlreadyExists: return "AlreadyExists";
+    case StatusCode::kPermissionDenied: return "PermissionDenied";
+    case StatusCode::kFailedPrecondition: return "FailedPrecondition";
+    case StatusCode::kResourceExhausted: return "ResourceExhausted";
+    case StatusCode::kUnavailable: return "Unavailable";
+    case StatusCode::kDeadlineExceeded: return "DeadlineExceeded";
+    case StatusCode::kAborted: return "Aborted";
+    case StatusCode::kDataLoss: return "DataLoss";
+    case StatusCode::kNotSupported: return "NotSupported";
+    case StatusCode::kInternal: return "Internal";
+  }
+  return "Unknown";
+}
+
+std::string Status::to_string() const {
+  if (is_ok()) return "OK";
+  std::string s(status_code_name(code_));
+  s += ": ";
+  s += message_;
+  return s;
+}
+
+namespace rnic {
+
+std::string_view wc_status_name(WcStatus s) {
+  switch (s) {
+    case WcStatus::kSuccess: return "success";
+    case WcStatus::kLocalLengthError: return "local length error";
+    case WcStatus::kLocalQpOperationError: return "local QP operation error";
+    case WcStatus::kLocalProtectionError: return "local protection error";
+    case WcStatus::kFlushed: return "work request flushed";
+    case WcStatus::kBadResponse: return "bad response";
+    case WcStatus::kLocalAccessError: return "local access error";
+    case WcStatus::kRemoteInvalidRequest: return "remote invalid request";
+    case WcStatus::kRemoteAccessError: return "remote access error";
+    case WcStatus::kRemoteOperationError: return "remote operation error";
+    case WcStatus::kRetryExceeded: return "transport retry counter exceeded";
+    case WcStatus::kRnrRetryExceeded: return "RNR retry counter exceeded";
+    case WcStatus::kGeneralError: return "general error";
+  }
+  return "?";
+}
+
+WcStatus wc_status_from_syndrome(uint8_t syndrome) {
+  using namespace mlx5;
+  switch (syndrome) {
+    case kSyndromeLocalLength: return WcStatus::kLocalLengthError;
+    case kSyndromeLocalQpOp: return WcStatus::kLocalQpOperationError;
+    case kSyndromeLocalProt: return WcStatus::kLocalProtectionError;
+    case kSyndromeWrFlush: return WcStatus::kFlushed;
+    case kSyndromeBadResp: return WcStatus::kBadResponse;
+    case kSyndromeLocalAccess: return WcStatus::kLocalAccessError;
+    case kSyndromeRemoteInvalReq: return WcStatus::kRemoteInvalidRequest;
+    case kSyndromeRemoteAccess: return WcStatus::kRemoteAccessError;
+    case kSyndromeRemoteOp: return WcStatus::kRemoteOperationError;
+    case kSyndromeTransportRetryExc: return WcStatus::kRetryExceeded;
+    case kSyndromeRnrRetryExc: return WcStatus::kRnrRetryExceeded;
+    default: return WcStatus::kGeneralError;
+  }
+}
+
+std::string_view qp_state_name(QpState s) {
+  switch (s) {
+    case QpState::kReset: return "RESET";
+    case QpState::kInit: return "INIT";
+    case QpState::kRtr: return "RTR";
+    case QpState::kRts: return "RTS";
+    case QpState::kError: return "ERROR";
+  }
+  return "?";
+}
+
+Result<std::unique_ptr<Device>> open_device(std::string_view name) {
+  if (name == "soft" || name.starts_with("soft:")) {
+    soft::NicOptions opts;
+    if (name.size() > 5) opts.name = std::string(name.substr(5));
+    auto nic = soft::default_fabric().create_nic(opts);
+    if (!nic.is_ok()) return nic.status();
+    soft::default_executor().add(**nic);
+    return std::unique_ptr<Device>(std::move(nic).value());
+  }
+  return not_found("no RNIC named '" + std::string(name) +
+                   "' (this build has: soft; rdma-core backends are not built in)");
+}
+
+std::vector<std::string> list_devices() { return {"soft"}; }
+
+Status connect_pair(QueuePair& a, QueuePair& b, uint32_t remote_access) {
+  HL_RETURN_IF_ERROR(a.init(remote_access));
+  HL_RETURN_IF_ERROR(b.init(remote_access));
+  HL_RETURN_IF_ERROR(a.connect(b.address()));
+  HL_RETURN_IF_ERROR(b.connect(a.address()));
+  HL_RETURN_IF_ERROR(a.ready_to_send());
+  HL_RETURN_IF_ERROR(b.ready_to_send());
+  return Status::ok();
+}
+
+}  // namespace rnic
+}  // namespace hyperloop

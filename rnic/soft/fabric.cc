@@ -1,0 +1,85 @@
+// rnic/soft: the in-process wire (Fabric) and NIC creation.
+#include <unordered_map>
+
+#include "nic_impl.h"
+
+namespace hyperloop::soft {
+
+struct Fabric::Impl {
+  std::mutex mu;
+  std::unordered_map<uint64_t, std::weak_ptr<Port>> ports;
+};
+
+namespace {
+std::atomic<uint64_t> g_next_uid{1};
+}
+
+uint64_t steady_now_ns() {
+  return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                      std::chrono::steady_clock::now().time_since_epoch())
+                      .count());
+}
+
+Port::~Port() {
+  while (!inbox.empty()) {
+    Packet* p = &inbox.front();
+    inbox.pop_front();
+    delete p;
+  }
+}
+
+std::shared_ptr<Port> fabric_port(Fabric::Impl* fabric, uint64_t uid) {
+  std::lock_guard<std::mutex> l(fabric->mu);
+  auto it = fabric->ports.find(uid);
+  if (it == fabric->ports.end()) return nullptr;
+  auto port = it->second.lock();
+  return port && port->alive.load() ? port : nullptr;
+}
+
+Fabric::Fabric() : impl_(std::make_unique<Impl>()) {}
+Fabric::~Fabric() = default;
+
+Result<std::unique_ptr<Nic>> Fabric::create_nic(NicOptions options) {
+  if (options.max_qp == 0 || options.max_cq == 0 || options.max_mr < 2)
+    return invalid_argument("NicOptions: max_qp, max_cq must be > 0 and max_mr >= 2");
+  if (options.max_outstanding == 0 || options.max_outstanding > 4096)
+    return invalid_argument("NicOptions: max_outstanding must be in [1, 4096]");
+  auto impl = std::make_unique<Nic::Impl>();
+  impl->fabric = impl_.get();
+  impl->opts = options;
+  impl->uid = g_next_uid.fetch_add(1);
+  impl->name = options.name.empty() ? "soft" + std::to_string(impl->uid) : options.name;
+  auto& c = impl->caps;
+  c.name = impl->name;
+  c.backend = "soft";
+  c.cross_channel = true;
+  c.managed_queues = true;
+  c.raw_send_ring = true;
+  c.raw_recv_ring = true;
+  c.raw_cq_ring = true;
+  c.atomics = true;
+  c.persistent_memory = false;
+  c.max_sge = mlx5::kMaxSge;
+  c.max_inline_data = mlx5::kMaxInlineBytes;
+  c.max_send_wqebbs = 32768;  // half the 16-bit counter space: full and empty stay distinct
+  c.max_recv_wqes = 32768;
+  c.max_cqe = 1u << 22;
+  c.max_mr_size = 1ull << 40;
+  c.max_msg_size = 1u << 31;
+  c.max_rd_atomic = options.max_outstanding;
+  impl->qp_lookup.reset(new std::atomic<SoftQp*>[options.max_qp]());
+  impl->port = std::make_shared<Port>();
+  impl->port->uid = impl->uid;
+  {
+    std::lock_guard<std::mutex> l(impl_->mu);
+    impl_->ports[impl->uid] = impl->port;
+  }
+  return std::unique_ptr<Nic>(new Nic(std::move(impl)));
+}
+
+Fabric& default_fabric() {
+  static Fabric fabric;
+  return fabric;
+}
+
+}  // namespace hyperloop::soft

@@ -1,0 +1,361 @@
+// rnic/soft: objects and the control path (creation, registration, QP state
+// machine) and the application side of the data path (posting, polling).
+#include <cstring>
+
+#include "nic_impl.h"
+
+namespace hyperloop::soft {
+
+using rnic::QpState;
+using namespace hyperloop::rnic::internal;
+
+namespace {
+constexpr uint32_t kAddrMagic = 0x484c5357;  // "HLSW": a soft RNIC QP address
+}
+
+// ---- Nic ------------------------------------------------------------------------
+Nic::Impl::Impl() : clock(steady_now_ns) {}
+
+Nic::Impl::~Impl() {
+  while (!pool.empty()) {
+    Packet* p = &pool.front();
+    pool.pop_front();
+    delete p;
+  }
+}
+
+Nic::Nic(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Nic::~Nic() {
+  if (executor_) executor_->remove(*this);
+  impl_->port->alive.store(false);
+}
+
+const std::string& Nic::name() const { return impl_->name; }
+uint64_t Nic::uid() const { return impl_->uid; }
+size_t Nic::poll_once(size_t budget) { return impl_->poll_once(budget); }
+bool Nic::idle() const { return impl_->idle(); }
+void Nic::set_clock(Clock clock) {
+  auto l = impl_->ctrl_lock();
+  impl_->clock = clock ? std::move(clock) : Clock(steady_now_ns);
+}
+void Nic::crash() {
+  auto l = impl_->ctrl_lock();
+  impl_->crashed.store(true);
+  impl_->port->alive.store(false);
+}
+bool Nic::crashed() const { return impl_->crashed.load(); }
+
+NicStats Nic::stats() const {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  NicStats s = impl_->stats;
+  s.app_calls = impl_->app_calls.load(std::memory_order_relaxed);
+  return s;
+}
+
+const rnic::DeviceCaps& Nic::caps() const { return impl_->caps; }
+
+Result<std::unique_ptr<rnic::ProtectionDomain>> Nic::alloc_pd() {
+  auto l = impl_->ctrl_lock();
+  auto pd = std::make_unique<SoftPd>();
+  pd->nic = impl_.get();
+  pd->pdn = impl_->next_pdn++;
+  return std::unique_ptr<rnic::ProtectionDomain>(std::move(pd));
+}
+
+Result<std::unique_ptr<rnic::CompletionQueue>> Nic::create_cq(const rnic::CqAttr& attr) {
+  if (!is_pow2(attr.cqe_count) || attr.cqe_count > impl_->caps.max_cqe)
+    return invalid_argument("cqe_count must be a power of two no larger than caps().max_cqe");
+  auto l = impl_->ctrl_lock();
+  uint32_t slot = 0;
+  while (slot < impl_->cqs.size() && impl_->cqs[slot]) ++slot;
+  if (slot >= impl_->opts.max_cq) return resource_exhausted("no free completion queue number");
+  auto cq = std::make_unique<SoftCq>();
+  cq->nic = impl_.get();
+  cq->number = slot + 1;
+  cq->buf = AlignedBuffer(size_t(attr.cqe_count) * mlx5::kCqeBytes);
+  cq->ring = mlx5::CqRingView{cq->buf.data(), attr.cqe_count};
+  cq->ignore_overrun = attr.ignore_overrun;
+  mlx5::init_cq_ring(cq->ring);
+  if (slot == impl_->cqs.size()) impl_->cqs.push_back(nullptr);
+  impl_->cqs[slot] = cq.get();
+  return std::unique_ptr<rnic::CompletionQueue>(std::move(cq));
+}
+
+// ---- memory regions ----------------------------------------------------------------
+Result<std::unique_ptr<rnic::MemoryRegion>> SoftPd::register_memory(void* addr, size_t length,
+                                                                     uint32_t access) {
+  if (!addr || length == 0) return invalid_argument("memory region needs an address and a length");
+  if (access & ~rnic::kAccessAll) return invalid_argument("unknown access flags");
+  if ((access & (rnic::kAccessRemoteWrite | rnic::kAccessRemoteAtomic)) && !(access & rnic::kAccessLocalWrite))
+    return invalid_argument("remote write or atomic access requires local write");
+  if (length > nic->caps.max_mr_size) return invalid_argument("memory region larger than caps().max_mr_size");
+  const uint64_t a = reinterpret_cast<uint64_t>(addr);
+  if (a + length < a) return invalid_argument("memory region wraps the address space");
+  auto l = nic->ctrl_lock();
+  uint32_t idx = 1;  // index 0 stays unused so key 0 is never valid
+  while (idx < nic->mrs.size() && nic->mrs[idx]) ++idx;
+  if (idx >= nic->opts.max_mr) return resource_exhausted("memory region table full");
+  if (idx == mlx5::kInvalidLkey >> 8) ++idx;  // never hand out the list terminator
+  while (idx >= nic->mrs.size()) nic->mrs.push_back(nullptr);
+  auto mr = std::make_unique<SoftMr>();
+  mr->nic = nic;
+  mr->pd = this;
+  mr->base = static_cast<std::byte*>(addr);
+  mr->len = length;
+  mr->acc = access;
+  mr->index = idx;
+  // The low byte changes on every registration so a stale key never matches.
+  mr->key = (idx << 8) | nic->key_tag;
+  nic->key_tag = uint8_t(nic->key_tag * 5 + 3);
+  nic->mrs[idx] = mr.get();
+  return std::unique_ptr<rnic::MemoryRegion>(std::move(mr));
+}
+
+SoftMr::~SoftMr() {
+  auto l = nic->ctrl_lock();
+  if (index < nic->mrs.size() && nic->mrs[index] == this) nic->mrs[index] = nullptr;
+}
+
+// ---- completion queues ------------------------------------------------------------
+SoftCq::~SoftCq() {
+  auto l = nic->ctrl_lock();
+  while (!waiters.empty()) {
+    SoftQp& qp = waiters.front();
+    waiters.pop_front();
+    qp.wait_cq = nullptr;
+  }
+  if (number >= 1 && number <= nic->cqs.size()) nic->cqs[number - 1] = nullptr;
+}
+
+Result<size_t> SoftCq::poll(std::span<rnic::WorkCompletion> out) {
+  nic->count_app_call();
+  size_t n = 0;
+  mlx5::CqeFields c;
+  while (n < out.size() && mlx5::read_cqe(ring, app_ci, &c)) {
+    uint64_t wr_id = rnic::kRawWrId;
+    if (c.qpn >= 1 && c.qpn <= nic->opts.max_qp) {
+      if (SoftQp* qp = nic->qp_lookup[c.qpn - 1].load(std::memory_order_acquire)) {
+        wr_id = is_requester_cqe(c.opcode) ? qp->sq_wrid[c.wqe_counter & (qp->sq.wqebb_count - 1)]
+                                           : qp->rq_wrid[c.wqe_counter & (qp->rq.wqe_count - 1)];
+      }
+    }
+    out[n++] = to_work_completion(c, wr_id);
+    ++app_ci;
+  }
+  if (n) ci.store(app_ci & mlx5::kCqIndexMask, std::memory_order_release);
+  if (n == 0 && overrun.load(std::memory_order_acquire))
+    return resource_exhausted("completion queue overran: completions were lost");
+  return n;
+}
+
+Result<mlx5::CqRingView> SoftCq::raw_ring() {
+  nic->count_app_call();
+  return ring;
+}
+
+// ---- queue pairs ---------------------------------------------------------------------
+Result<std::unique_ptr<rnic::QueuePair>> SoftPd::create_qp(const rnic::QpAttr& a) {
+  const auto& caps = nic->caps;
+  if (!a.send_cq || !a.recv_cq) return invalid_argument("QP needs a send CQ and a receive CQ");
+  auto* scq = dynamic_cast<SoftCq*>(a.send_cq);
+  auto* rcq = dynamic_cast<SoftCq*>(a.recv_cq);
+  if (!scq || !rcq || scq->nic != nic || rcq->nic != nic)
+    return invalid_argument("QP's CQs must belong to the same soft NIC");
+  if (!is_pow2(a.send_wqebbs) || a.send_wqebbs > caps.max_send_wqebbs || a.send_wqebbs < 2)
+    return invalid_argument("send_wqebbs must be a power of two in [2, caps().max_send_wqebbs]");
+  if (!is_pow2(a.recv_wqes) || a.recv_wqes > caps.max_recv_wqes)
+    return invalid_argument("recv_wqes must be a power of two no larger than caps().max_recv_wqes");
+  if (a.max_recv_sge == 0 || a.max_recv_sge > caps.max_sge)
+    return invalid_argument("max_recv_sge must be in [1, caps().max_sge]");
+  auto qp = std::make_unique<SoftQp>();
+  qp->nic = nic;
+  qp->pd = this;
+  qp->scq = scq;
+  qp->rcq = rcq;
+  qp->attr = a;
+  qp->sq_buf = AlignedBuffer(size_t(a.send_wqebbs) * mlx5::kSendWqeBB);
+  qp->sq = mlx5::SendRingView{qp->sq_buf.data(), a.send_wqebbs};
+  qp->sq_wrid.assign(a.send_wqebbs, rnic::kRawWrId);
+  const uint32_t stride = round_up_pow2(a.max_recv_sge) * mlx5::kDsBytes;
+  qp->rq_buf = AlignedBuffer(size_t(a.recv_wqes) * stride);
+  qp->rq = mlx5::RecvRingView{qp->rq_buf.data(), a.recv_wqes, stride};
+  qp->rq_wrid.assign(a.recv_wqes, rnic::kRawWrId);
+  qp->out.resize(round_up_pow2(nic->opts.max_outstanding));
+  auto l = nic->ctrl_lock();
+  uint32_t slot = 0;
+  while (slot < nic->qps.size() && nic->qps[slot]) ++slot;
+  if (slot >= nic->opts.max_qp) return resource_exhausted("no free queue pair number");
+  if (slot == nic->qps.size()) nic->qps.push_back(nullptr);
+  qp->number = slot + 1;
+  nic->qps[slot] = qp.get();
+  nic->qp_lookup[slot].store(qp.get(), std::memory_order_release);
+  return std::unique_ptr<rnic::QueuePair>(std::move(qp));
+}
+
+SoftQp::~SoftQp() {
+  auto l = nic->ctrl_lock();
+  nic->unlink(this);
+  {
+    std::lock_guard<std::mutex> d(nic->doorbell_mu);
+    std::erase(nic->doorbells, this);
+  }
+  nic->qps[number - 1] = nullptr;
+  nic->qp_lookup[number - 1].store(nullptr, std::memory_order_release);
+}
+
+rnic::QpAddress SoftQp::address() const {
+  rnic::QpAddress a;
+  const uint32_t magic = kAddrMagic;
+  std::memcpy(a.bytes.data(), &magic, 4);
+  std::memcpy(a.bytes.data() + 4, &nic->uid, 8);
+  std::memcpy(a.bytes.data() + 12, &number, 4);
+  a.size = 16;
+  return a;
+}
+
+Status SoftQp::init(uint32_t access) {
+  if (access & ~rnic::kAccessAllRemote) return invalid_argument("init takes remote access flags only");
+  auto l = nic->ctrl_lock();
+  if (state() != QpState::kReset) return failed_precondition("init needs a QP in RESET");
+  remote_access = access;
+  st.store(QpState::kInit, std::memory_order_release);
+  return Status::ok();
+}
+
+Status SoftQp::connect(const rnic::QpAddress& remote) {
+  uint32_t magic = 0, qpn = 0;
+  uint64_t uid = 0;
+  if (remote.size != 16) return invalid_argument("not a soft RNIC QP address");
+  std::memcpy(&magic, remote.bytes.data(), 4);
+  std::memcpy(&uid, remote.bytes.data() + 4, 8);
+  std::memcpy(&qpn, remote.bytes.data() + 12, 4);
+  if (magic != kAddrMagic) return invalid_argument("not a soft RNIC QP address");
+  std::shared_ptr<Port> port = fabric_port(nic->fabric, uid);
+  if (!port) return not_found("no soft NIC with that address on this fabric");
+  auto l = nic->ctrl_lock();
+  if (state() != QpState::kInit) return failed_precondition("connect needs a QP in INIT");
+  peer_nic = uid;
+  peer_qpn = qpn;
+  peer_port = std::move(port);
+  expected_psn = 0;
+  next_psn = 0;
+  st.store(QpState::kRtr, std::memory_order_release);
+  return Status::ok();
+}
+
+Status SoftQp::ready_to_send() {
+  auto l = nic->ctrl_lock();
+  if (state() != QpState::kRtr) return failed_precondition("ready_to_send needs a QP in RTR");
+  retry_left = attr.retry_count;
+  rnr_left = attr.rnr_retry;
+  st.store(QpState::kRts, std::memory_order_release);
+  nic->schedule(this);  // run anything posted meanwhile
+  return Status::ok();
+}
+
+Status SoftQp::set_error() {
+  auto l = nic->ctrl_lock();
+  nic->enter_error(this);
+  return Status::ok();
+}
+
+Status SoftQp::reset() {
+  auto l = nic->ctrl_lock();
+  nic->unlink(this);
+  {
+    std::lock_guard<std::mutex> d(nic->doorbell_mu);
+    std::erase(nic->doorbells, this);
+    doorbell_pending.store(false);
+  }
+  std::memset(sq_buf.data(), 0, sq_buf.size());
+  std::memset(rq_buf.data(), 0, rq_buf.size());
+  sq_post = rq_post = 0;
+  sq_dbr.store(0);
+  rq_dbr.store(0);
+  sq_retired.store(0);
+  rq_retired.store(0);
+  sq_ci = sq_enable = rq_ci = rq_enable = 0;
+  out_head = out_tail = out_rd_atomic = 0;
+  next_psn = expected_psn = 0;
+  block = Block::kNone;
+  error_pending = false;
+  peer_port.reset();
+  atomic_replies = {};
+  st.store(QpState::kReset, std::memory_order_release);
+  return Status::ok();
+}
+
+Status SoftQp::post_send(const rnic::SendWr& wr) {
+  nic->count_app_call();
+  const QpState s = state();
+  if (s != QpState::kRts && s != QpState::kError)
+    return failed_precondition("post_send needs a QP in RTS (or ERROR, to flush)");
+  RingLimits lim{nic->caps.max_sge, nic->caps.max_inline_data, attr.cross_channel, nic->caps.atomics};
+  uint32_t wait_cqn = 0, enable_qpn = 0;
+  if (wr.opcode == rnic::WrOpcode::kWait && wr.wait_cq) wait_cqn = wr.wait_cq->cqn();
+  if ((wr.opcode == rnic::WrOpcode::kSendEnable || wr.opcode == rnic::WrOpcode::kRecvEnable) && wr.enable_qp)
+    enable_qpn = wr.enable_qp->qpn();
+  mlx5::SendWqe w;
+  HL_RETURN_IF_ERROR(build_send_wqe(wr, number, lim, wait_cqn, enable_qpn, inline_scratch, &w));
+  const uint32_t bbs = mlx5::ds_to_wqebbs(mlx5::send_wqe_ds(w));
+  if (sq_post + bbs - sq_retired.load(std::memory_order_acquire) > sq.wqebb_count)
+    return resource_exhausted("send queue full");
+  if (mlx5::encode_send_wqe(sq, sq_post, w) != bbs) return internal_error("WQE encoding failed");
+  sq_wrid[sq_post & (sq.wqebb_count - 1)] = wr.wr_id;
+  sq_post += bbs;
+  sq_dbr.store(sq_post & mlx5::kWqeIndexMask, std::memory_order_release);
+  if (!attr.managed_send || s == QpState::kError) nic->doorbell(this);
+  return Status::ok();
+}
+
+Status SoftQp::post_recv(const rnic::RecvWr& wr) {
+  nic->count_app_call();
+  const QpState s = state();
+  if (s == QpState::kReset) return failed_precondition("post_recv needs a QP out of RESET");
+  if (wr.sg.size() > rq.max_sge()) return invalid_argument("too many SGEs for this receive queue");
+  if (rq_post + 1 - rq_retired.load(std::memory_order_acquire) > rq.wqe_count)
+    return resource_exhausted("receive queue full");
+  if (!mlx5::encode_recv_wqe(rq, rq_post, wr.sg)) return invalid_argument("receive WQE does not fit");
+  rq_wrid[rq_post & (rq.wqe_count - 1)] = wr.wr_id;
+  ++rq_post;
+  rq_dbr.store(rq_post & mlx5::kWqeIndexMask, std::memory_order_release);
+  if (s == QpState::kError) nic->doorbell(this);
+  return Status::ok();
+}
+
+Result<mlx5::SendRingView> SoftQp::raw_send_ring() {
+  nic->count_app_call();
+  return sq;
+}
+
+Status SoftQp::ring_send_doorbell(uint32_t producer) {
+  nic->count_app_call();
+  const uint32_t n = producer - sq_post;
+  if (n > sq.wqebb_count || producer - sq_retired.load(std::memory_order_acquire) > sq.wqebb_count)
+    return out_of_range("doorbell beyond the free part of the send ring");
+  for (uint32_t i = sq_post; i != producer; ++i) sq_wrid[i & (sq.wqebb_count - 1)] = rnic::kRawWrId;
+  sq_post = producer;
+  sq_dbr.store(producer & mlx5::kWqeIndexMask, std::memory_order_release);
+  if (!attr.managed_send || state() == QpState::kError) nic->doorbell(this);
+  return Status::ok();
+}
+
+Result<mlx5::RecvRingView> SoftQp::raw_recv_ring() {
+  nic->count_app_call();
+  return rq;
+}
+
+Status SoftQp::ring_recv_doorbell(uint32_t producer) {
+  nic->count_app_call();
+  const uint32_t n = producer - rq_post;
+  if (n > rq.wqe_count || producer - rq_retired.load(std::memory_order_acquire) > rq.wqe_count)
+    return out_of_range("doorbell beyond the free part of the receive ring");
+  for (uint32_t i = rq_post; i != producer; ++i) rq_wrid[i & (rq.wqe_count - 1)] = rnic::kRawWrId;
+  rq_post = producer;
+  rq_dbr.store(producer & mlx5::kWqeIndexMask, std::memory_order_release);
+  if (state() == QpState::kError) nic->doorbell(this);
+  return Status::ok();
+}
+
+}  // namespace hyperloop::soft

@@ -1,0 +1,324 @@
+// Private to rnic/soft: the software RNIC's objects and engine state.
+//
+// Threading: everything below is owned by the NIC's engine and touched only
+// with Nic::Impl::mu held (executor threads in poll_once, application threads
+// in control calls), except the fields marked "app" (the posting thread's own
+// counters), "atomic" (doorbells, retire counters, CQ consumer index) and the
+// CQ ring itself (published CQE by CQE through op_own).
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <boost/intrusive/list.hpp>
+#include <boost/intrusive/slist.hpp>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "hyperloop/soft_rnic.h"
+#include "ring_queue.h"
+
+namespace hyperloop::soft {
+
+namespace bi = boost::intrusive;
+using rnic::internal::AlignedBuffer;
+
+struct SoftQp;
+struct SoftCq;
+struct SoftPd;
+struct SoftMr;
+
+// ---- the wire -------------------------------------------------------------------
+enum class PacketType : uint8_t { kWrite, kSend, kRead, kAtomic, kAck, kNak, kReadResp, kAtomicResp };
+enum class NakCode : uint8_t { kRnr, kRemoteAccess, kInvalidRequest, kRemoteOp };
+
+struct Packet : bi::slist_base_hook<> {
+  PacketType type = PacketType::kAck;
+  NakCode nak = NakCode::kRnr;
+  uint8_t opcode = 0;        // requests: the mlx5 opcode that made it
+  bool solicited = false;
+  uint32_t dst_qpn = 0;
+  uint32_t src_qpn = 0;
+  uint32_t psn = 0;          // 24 bits
+  uint64_t src_nic = 0;
+  uint64_t raddr = 0;
+  uint32_t rkey = 0;
+  uint32_t length = 0;       // READ request length
+  uint64_t swap_add = 0;
+  uint64_t compare = 0;
+  uint64_t result = 0;       // atomic response
+  uint32_t imm = 0;          // raw (network order)
+  std::vector<std::byte> payload;  // capacity kept across reuse
+};
+using PacketList = bi::slist<Packet, bi::cache_last<true>, bi::constant_time_size<false>>;
+
+// A NIC's receiving end of the in-process wire.
+struct Port {
+  std::mutex mu;
+  PacketList inbox;
+  std::atomic<uint32_t> queued{0};
+  std::atomic<bool> alive{true};
+  uint64_t uid = 0;
+  ~Port();
+};
+
+inline constexpr uint32_t kPsnMask = 0xffffff;
+
+// The port of the NIC with this uid on the fabric, or null.
+std::shared_ptr<Port> fabric_port(Fabric::Impl* fabric, uint64_t uid);
+
+// ---- objects ------------------------------------------------------------------
+struct SoftMr final : rnic::MemoryRegion {
+  Nic::Impl* nic = nullptr;
+  SoftPd* pd = nullptr;
+  std::byte* base = nullptr;
+  size_t len = 0;
+  uint32_t key = 0;  // lkey == rkey
+  uint32_t acc = 0;
+  uint32_t index = 0;
+  ~SoftMr() override;
+  std::byte* addr() const override { return base; }
+  size_t length() const override { return len; }
+  uint32_t lkey() const override { return key; }
+  uint32_t rkey() const override { return key; }
+  uint32_t access() const override { return acc; }
+  // [addr, addr+n) inside this region? (overflow-safe)
+  bool covers(uint64_t addr, uint64_t n) const {
+    const uint64_t b = reinterpret_cast<uint64_t>(base);
+    return addr >= b && n <= len && addr - b <= len - n;
+  }
+};
+
+struct SoftPd final : rnic::ProtectionDomain {
+  Nic::Impl* nic = nullptr;
+  uint32_t pdn = 0;
+  Result<std::unique_ptr<rnic::MemoryRegion>> register_memory(void* addr, size_t length,
+                                                              uint32_t access) override;
+  Result<std::unique_ptr<rnic::QueuePair>> create_qp(const rnic::QpAttr& attr) override;
+};
+
+using WaitHook = bi::list_member_hook<>;
+
+// One issued, not yet retired, send WQE.
+struct Outstanding {
+  uint16_t wqe_ci = 0;       // first WQEBB
+  uint16_t wqebbs = 1;
+  uint8_t opcode = 0;
+  bool signaled = false;
+  bool remote = false;       // waits for a response from the peer
+  bool done = false;
+  uint8_t syndrome = 0;      // non-zero: completes with this error
+  uint32_t psn = 0;
+  uint32_t byte_len = 0;
+  uint64_t sent_at = 0;
+  uint32_t num_sge = 0;      // READ / atomic: where the response lands
+  mlx5::Sge sge[mlx5::kMaxSge];
+};
+
+enum class Block : uint8_t { kNone, kWait, kRnr };
+
+struct SoftQp final : rnic::QueuePair {
+  Nic::Impl* nic = nullptr;
+  SoftPd* pd = nullptr;
+  SoftCq* scq = nullptr;
+  SoftCq* rcq = nullptr;
+  rnic::QpAttr attr;
+  uint32_t number = 0;
+  std::atomic<rnic::QpState> st{rnic::QpState::kReset};
+  uint32_t remote_access = 0;
+  // Peer (set by connect).
+  uint64_t peer_nic = 0;
+  uint32_t peer_qpn = 0;
+  std::shared_ptr<Port> peer_port;
+  // Send queue.
+  AlignedBuffer sq_buf;
+  mlx5::SendRingView sq;
+  std::vector<uint64_t> sq_wrid;
+  uint32_t sq_post = 0;                  // app: next WQEBB counter
+  std::atomic<uint32_t> sq_dbr{0};       // atomic: doorbell record (16 bits used)
+  std::atomic<uint32_t> sq_retired{0};   // atomic: WQEBBs retired (free running)
+  uint16_t sq_ci = 0;                    // engine: next WQEBB to execute
+  uint16_t sq_enable = 0;                // engine: managed limit set by SEND_EN
+  // Outstanding ring.
+  std::vector<Outstanding> out;
+  uint32_t out_head = 0, out_tail = 0;   // free running
+  uint32_t out_rd_atomic = 0;            // outstanding READs/atomics
+  uint32_t next_psn = 0;
+  uint8_t retry_left = 7;
+  uint8_t rnr_left = 7;
+  Block block = Block::kNone;
+  uint64_t rnr_until = 0;
+  uint32_t wait_index = 0;
+  SoftCq* wait_cq = nullptr;
+  bool error_pending = false;            // an error entry is queued; stop issuing
+  // Receive queue.
+  AlignedBuffer rq_buf;
+  mlx5::RecvRingView rq;
+  std::vector<uint64_t> rq_wrid;
+  uint32_t rq_post = 0;                  // app
+  std::atomic<uint32_t> rq_dbr{0};       // atomic (16 bits used)
+  std::atomic<uint32_t> rq_retired{0};   // atomic
+  uint16_t rq_ci = 0;                    // engine
+  uint16_t rq_enable = 0;                // engine: managed limit set by RECV_EN
+  // Responder.
+  uint32_t expected_psn = 0;
+  struct AtomicReply { uint32_t psn; uint64_t value; bool valid; };
+  std::array<AtomicReply, 16> atomic_replies{};
+  std::byte inline_scratch[mlx5::kMaxInlineBytes];
+  // Scheduling.
+  bi::list_member_hook<> ready_hook;
+  bi::list_member_hook<> timer_hook;
+  WaitHook wait_hook;
+  bool in_ready = false;
+  bool in_timer = false;
+  std::atomic<bool> doorbell_pending{false};
+
+  ~SoftQp() override;
+  uint32_t qpn() const override { return number; }
+  rnic::QpState state() const override { return st.load(std::memory_order_acquire); }
+  rnic::QpAddress address() const override;
+  Status init(uint32_t remote_access) override;
+  Status connect(const rnic::QpAddress& remote) override;
+  Status ready_to_send() override;
+  Status set_error() override;
+  Status reset() override;
+  Status post_send(const rnic::SendWr& wr) override;
+  Status post_recv(const rnic::RecvWr& wr) override;
+  Result<mlx5::SendRingView> raw_send_ring() override;
+  uint32_t send_producer() const override { return sq_post; }
+  Status ring_send_doorbell(uint32_t producer) override;
+  Result<mlx5::RecvRingView> raw_recv_ring() override;
+  uint32_t recv_producer() const override { return rq_post; }
+  Status ring_recv_doorbell(uint32_t producer) override;
+
+  uint32_t out_size() const { return out_tail - out_head; }
+  Outstanding& out_at(uint32_t i) { return out[i & (out.size() - 1)]; }
+  uint16_t send_limit() const {
+    return attr.managed_send ? sq_enable : uint16_t(sq_dbr.load(std::memory_order_acquire));
+  }
+  uint16_t recv_limit() const {
+    return attr.managed_recv ? rq_enable : uint16_t(rq_dbr.load(std::memory_order_acquire));
+  }
+};
+
+using ReadyList = bi::list<SoftQp, bi::member_hook<SoftQp, bi::list_member_hook<>, &SoftQp::ready_hook>>;
+using TimerList = bi::list<SoftQp, bi::member_hook<SoftQp, bi::list_member_hook<>, &SoftQp::timer_hook>>;
+using WaitList = bi::list<SoftQp, bi::member_hook<SoftQp, WaitHook, &SoftQp::wait_hook>>;
+
+struct SoftCq final : rnic::CompletionQueue {
+  Nic::Impl* nic = nullptr;
+  uint32_t number = 0;
+  AlignedBuffer buf;
+  mlx5::CqRingView ring;
+  bool ignore_overrun = false;
+  uint32_t pi = 0;                       // engine: CQEs produced (free running)
+  std::atomic<uint32_t> ci{0};           // atomic: consumer index (the CQ doorbell record)
+  std::atomic<bool> overrun{false};
+  uint32_t app_ci = 0;                   // app: poll()'s cursor
+  WaitList waiters;                      // engine: QPs whose WAIT is blocked here
+  ~SoftCq() override;
+  uint32_t cqn() const override { return number; }
+  uint32_t size() const override { return ring.cqe_count; }
+  Result<size_t> poll(std::span<rnic::WorkCompletion> out) override;
+  Result<mlx5::CqRingView> raw_ring() override;
+  uint32_t consumer_index() const override { return ci.load(std::memory_order_acquire); }
+  void set_consumer_index(uint32_t v) override { ci.store(v, std::memory_order_release); }
+};
+
+
+// ---- the NIC --------------------------------------------------------------------
+struct Nic::Impl {
+  Fabric::Impl* fabric = nullptr;
+  NicOptions opts;
+  uint64_t uid = 0;
+  std::string name;
+  rnic::DeviceCaps caps;
+  std::shared_ptr<Port> port;
+  Clock clock;
+
+  mutable std::mutex mu;                   // engine + tables
+  std::atomic<int> ctrl_waiting{0};        // control calls waiting for mu
+  std::atomic<bool> crashed{false};
+  std::atomic<uint64_t> app_calls{0};
+
+  std::vector<SoftQp*> qps;                // index = qpn - 1
+  std::unique_ptr<std::atomic<SoftQp*>[]> qp_lookup;  // index = qpn - 1; lock-free read for CQ poll
+  std::vector<SoftCq*> cqs;                // index = cqn - 1
+  std::vector<SoftMr*> mrs;                // index = key >> 8
+  uint32_t next_pdn = 1;
+  uint8_t key_tag = 1;
+
+  ReadyList ready;
+  TimerList timers;
+  std::mutex doorbell_mu;
+  std::vector<SoftQp*> doorbells;          // guarded by doorbell_mu
+  std::atomic<bool> doorbell_flag{false};  // doorbells is non-empty
+  std::vector<SoftQp*> overrun_victims;    // QPs whose CQ overran this poll
+
+  PacketList pool;
+  NicStats stats;
+  uint64_t now = 0;
+  uint64_t next_timer_scan = 0;
+
+  Impl();
+  ~Impl();
+
+  // Control-path lock: makes the executor back off so control calls get in.
+  std::unique_lock<std::mutex> ctrl_lock() {
+    ctrl_waiting.fetch_add(1, std::memory_order_relaxed);
+    std::unique_lock<std::mutex> l(mu);
+    ctrl_waiting.fetch_sub(1, std::memory_order_relaxed);
+    return l;
+  }
+  void count_app_call() { app_calls.fetch_add(1, std::memory_order_relaxed); }
+
+  SoftQp* qp_by_number(uint32_t qpn) const {
+    return (qpn >= 1 && qpn <= qps.size()) ? qps[qpn - 1] : nullptr;
+  }
+  SoftCq* cq_by_number(uint32_t cqn) const {
+    return (cqn >= 1 && cqn <= cqs.size()) ? cqs[cqn - 1] : nullptr;
+  }
+  // The MR named by `key`, if it belongs to `pd` (protection-domain check).
+  SoftMr* mr_for(uint32_t key, const SoftPd* pd) const {
+    const uint32_t idx = key >> 8;
+    if (idx >= mrs.size()) return nullptr;
+    SoftMr* mr = mrs[idx];
+    return (mr && mr->key == key && mr->pd == pd) ? mr : nullptr;
+  }
+
+  // engine.cc
+  size_t poll_once(size_t budget);
+  bool idle() const;
+  void schedule(SoftQp* qp);
+  void doorbell(SoftQp* qp);
+  void unlink(SoftQp* qp);
+  void enter_error(SoftQp* qp);
+  void flush_recv(SoftQp* qp);
+
+  Packet* alloc_packet();
+  void free_packet(Packet* p);
+  void transmit(SoftQp* qp, Packet* p);
+
+ private:
+  void drain_doorbells();
+  size_t process_inbox(size_t budget);
+  size_t run_send_queue(SoftQp* qp, size_t budget);
+  void scan_timers();
+  bool execute_wqe(SoftQp* qp);
+  void retire(SoftQp* qp);
+  void rewind(SoftQp* qp);
+  bool push_cqe(SoftCq* cq, const mlx5::CqeFields& f, SoftQp* producer);
+  void complete_send(SoftQp* qp, const Outstanding& o);
+  void fail_entry(SoftQp* qp, Outstanding& o, uint8_t syndrome);
+  void flush_send(SoftQp* qp);
+  void handle_request(SoftQp* qp, Packet* p);
+  void handle_response(SoftQp* qp, Packet* p);
+  void responder_error(SoftQp* qp, Packet* req, NakCode code);
+  void reply(SoftQp* qp, Packet* req, PacketType type);
+  bool take_recv_wqe(SoftQp* qp, uint16_t* index);
+  void arm_timer(SoftQp* qp);
+};
+
+}  // namespace hyperloop::soft
