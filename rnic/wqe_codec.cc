@@ -1,4 +1,5 @@
 // The one mlx5 WQE/CQE codec (see include/hyperloop/mlx5/wqe.h).
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 
@@ -117,6 +118,8 @@ uint32_t encode_send_wqe(const SendRingView& ring, uint32_t pi, const SendWqe& w
 WqeError decode_send_wqe(const SendRingView& ring, uint32_t ci, SendWqe* out, uint32_t* wqebbs) {
   SendWqe& w = *out;
   w.ctrl = decode_ctrl(get<CtrlSeg>(ring.ds(ci, 0)));
+  w.raddr = w.swap_add = w.compare = 0;
+  w.rkey = w.max_index = w.qpn_cqn = 0;
   w.num_sge = 0;
   w.is_inline = false;
   w.inline_len = 0;
@@ -130,7 +133,7 @@ WqeError decode_send_wqe(const SendRingView& ring, uint32_t ci, SendWqe* out, ui
   switch (s) {
     case Shape::kNone: return WqeError::kBadOpcode;
     case Shape::kCtrlOnly:
-      return ds == 1 ? WqeError::kOk : WqeError::kBadDs;
+      return WqeError::kOk;  // NOP: any size, contents ignored (hardware NOP padding)
     case Shape::kWaitEn: {
       if (ds != 2) return WqeError::kBadDs;
       const auto seg = get<WaitEnSeg>(ring.ds(ci, 1));
@@ -199,7 +202,7 @@ void copy_inline(const SendRingView& ring, uint32_t ci, uint32_t len, std::byte*
 }
 
 bool encode_recv_wqe(const RecvRingView& ring, uint32_t index, std::span<const Sge> sges) {
-  const uint32_t max = ring.max_sge();
+  const uint32_t max = std::min(ring.max_sge(), kMaxSge);
   if (sges.size() > max) return false;
   std::byte* p = ring.wqe(index);
   for (size_t i = 0; i < sges.size(); ++i)

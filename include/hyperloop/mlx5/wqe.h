@@ -60,7 +60,7 @@ struct RecvRingView {
 };
 
 // A send WQE in structured form. Which parts are present follows the opcode:
-//   NOP                      ctrl
+//   NOP                      ctrl (a decoded NOP may carry any ds: padding)
 //   RDMA_WRITE(_IMM), READ   ctrl, raddr, data segments (WRITE: or inline)
 //   SEND(_IMM)               ctrl, data segments or inline
 //   ATOMIC_CS / ATOMIC_FA    ctrl, raddr, atomic, one 8-byte data segment
@@ -88,7 +88,7 @@ struct SendWqe {
 enum class WqeError : uint8_t {
   kOk = 0,
   kBadOpcode,
-  kBadDs,         // ds zero, beyond 16 WQEBBs, or wrong for the opcode
+  kBadDs,         // ds zero, larger than the ring, or wrong for the opcode
   kTooManySge,
   kBadInline,     // inline length does not match ds, or exceeds the limit
   kBadAtomic,     // atomic data segment not 8 bytes
