@@ -93,10 +93,12 @@ Result<std::unique_ptr<rnic::MemoryRegion>> SoftPd::register_memory(void* addr, 
   const uint64_t a = reinterpret_cast<uint64_t>(addr);
   if (a + length < a) return invalid_argument("memory region wraps the address space");
   auto l = nic->ctrl_lock();
-  uint32_t idx = 1;  // index 0 stays unused so key 0 is never valid
+  // Indices 0 and 1 stay unused: key 0 is never valid and no key can equal the
+  // receive-list terminator (kInvalidLkey = 0x100).
+  static_assert(mlx5::kInvalidLkey >> 8 == 1);
+  uint32_t idx = 2;
   while (idx < nic->mrs.size() && nic->mrs[idx]) ++idx;
   if (idx >= nic->opts.max_mr) return resource_exhausted("memory region table full");
-  if (idx == mlx5::kInvalidLkey >> 8) ++idx;  // never hand out the list terminator
   while (idx >= nic->mrs.size()) nic->mrs.push_back(nullptr);
   auto mr = std::make_unique<SoftMr>();
   mr->nic = nic;
@@ -299,8 +301,9 @@ Status SoftQp::post_send(const rnic::SendWr& wr) {
   mlx5::SendWqe w;
   HL_RETURN_IF_ERROR(build_send_wqe(wr, number, lim, wait_cqn, enable_qpn, inline_scratch, &w));
   const uint32_t bbs = mlx5::ds_to_wqebbs(mlx5::send_wqe_ds(w));
-  if (sq_post + bbs - sq_retired.load(std::memory_order_acquire) > sq.wqebb_count)
-    return resource_exhausted("send queue full");
+  if (const uint32_t used = sq_post - sq_retired.load(std::memory_order_acquire); used + bbs > sq.wqebb_count)
+    return resource_exhausted("send queue full: " + std::to_string(used) + " of " + std::to_string(sq.wqebb_count) +
+                              " WQEBBs in use, " + std::to_string(bbs) + " needed");
   if (mlx5::encode_send_wqe(sq, sq_post, w) != bbs) return internal_error("WQE encoding failed");
   sq_wrid[sq_post & (sq.wqebb_count - 1)] = wr.wr_id;
   sq_post += bbs;
