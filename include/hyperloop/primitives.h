@@ -1,0 +1,190 @@
+// hyperloop/primitives.h: group operations over a replica chain.
+//
+//   client --> R1 --> R2 --> ... --> Rn --> ack to client
+//
+// A Group is the client's handle on one tenant's chain; a ReplicaHost is one
+// replica machine (a device plus one background agent thread) hosting chain
+// members for many tenants, each in its own protection domain. Every member
+// registers one region with an identical layout; operations name offsets in it:
+//   write(offset, bytes)                  bytes land at offset on every replica
+//   cas(offset, compare, swap, mask)      8-byte CAS on each replica in mask;
+//                                         the client gets every old value
+//   memcpy(src, dst, len)                 each replica's NIC copies in-region
+//   flush(offset, len)                    the range is durable on every replica
+//
+// Two forwarding modes, same API, same wire format:
+//   kOffload     (devices with cross-channel and raw rings) each replica
+//                pre-posts, per operation slot, a RECV whose scatter list lands
+//                in the fields of the slot's pre-posted WQEs, a WAIT/SEND_EN
+//                chain on a master queue, and the slot's local op, forwarded
+//                WRITE and SEND on managed queues. The replica's CPU is off the
+//                path: its agent only re-arms used slots, in batches.
+//   kCpuForward  (any device) the agent thread polls, forwards and re-posts:
+//                the baseline HyperLoop is measured against.
+//
+// Operations are asynchronous and pipelined: start one with an Op the caller
+// owns (no allocation per operation), then poll() or wait(). Operations
+// complete in issue order. When every armed slot is in use the client waits
+// for the agents to re-arm (backpressure); it never overwrites a slot in use.
+// If the chain breaks (a replica NIC dies, a link is cut) pending operations
+// fail with kUnavailable or kDeadlineExceeded within op_timeout, and the group
+// stays broken (rebuilding it is the transaction layer's job).
+//
+// Thread-safety: a Group may be used from several threads (calls serialize on
+// an internal lock). ReplicaHost is thread-safe.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include <boost/intrusive/list_hook.hpp>
+
+#include "hyperloop/rnic.h"
+#include "hyperloop/status.h"
+
+namespace hyperloop::prim {
+
+enum class ForwardMode : uint8_t { kOffload, kCpuForward };
+std::string_view forward_mode_name(ForwardMode m);
+
+inline constexpr uint32_t kMaxReplicas = 7;
+
+struct GroupOptions {
+  uint32_t tenant = 0;             // a label; isolation comes from per-member PDs
+  size_t region_size = 1 << 20;    // bytes, identical on every replica
+  ForwardMode mode = ForwardMode::kOffload;
+  uint32_t slots = 256;            // armed operation slots per replica (power of two)
+  uint32_t rearm_batch = 32;       // slots the agent re-arms at a time
+  size_t staging_bytes = 4 << 20;  // client buffer for gWRITE payloads in flight
+  uint64_t op_timeout_ns = 500'000'000;  // a pending operation fails after this
+};
+
+struct ReplicaHostOptions {
+  int agent_cpu = -1;              // pin the agent thread (-1: no pinning)
+  // Agent sleep when it found nothing to do. The offload agent is background
+  // work; the CPU-forwarding agent is on the critical path and never sleeps
+  // while it has members in kCpuForward mode.
+  uint32_t idle_sleep_us = 20;
+};
+
+// Completion state of one operation. The caller owns it; it must stay alive
+// and unmoved until done() (or until the Group is destroyed).
+class Op : public boost::intrusive::list_base_hook<> {
+ public:
+  Op() = default;
+  Op(const Op&) = delete;
+  Op& operator=(const Op&) = delete;
+
+  bool done() const { return done_.load(std::memory_order_acquire); }
+  const Status& status() const { return status_; }
+  // gCAS: the old value of the word on each replica (index = chain position);
+  // 0 for replicas outside the execute mask. Empty for other operations.
+  std::span<const uint64_t> old_values() const { return {old_, is_cas_ ? replicas_ : 0u}; }
+  uint64_t sequence() const { return seq_; }
+
+ private:
+  friend class Group;
+  std::atomic<bool> done_{false};
+  Status status_;
+  bool is_cas_ = false;
+  uint32_t replicas_ = 0;
+  uint64_t seq_ = 0;
+  uint64_t deadline_ns_ = 0;
+  size_t staging_end_ = 0;  // staging ring position freed when this completes
+  uint64_t old_[kMaxReplicas] = {};
+};
+
+class ReplicaHost;
+
+class Group {
+ public:
+  // Builds the chain client -> replicas[0] -> ... -> replicas[n-1] -> client
+  // for options.tenant (1 <= n <= 7): on each replica a member is created in
+  // the tenant's protection domain, QPs are connected, every slot armed.
+  // Errors: kNotFound (a replica does not host the tenant: wrong tenant),
+  // kInvalidArgument (options, or region sizes that differ), kAlreadyExists
+  // (the tenant already has a group on a replica), kNotSupported (offload on
+  // a device without cross-channel), device errors.
+  static Result<std::unique_ptr<Group>> create(rnic::Device& client_device,
+                                               std::span<ReplicaHost* const> replicas,
+                                               const GroupOptions& options);
+  ~Group();
+
+  // Each returns once the operation is issued (or refused: nothing is sent and
+  // no replica changes). Refusals: kOutOfRange (offset/length outside the
+  // region), kInvalidArgument (misaligned CAS, zero length, overlapping
+  // memcpy, mask naming no replica, payload larger than staging_bytes),
+  // kUnavailable (group broken). Blocks while no slot is armed (backpressure),
+  // at most op_timeout, then kDeadlineExceeded.
+  Status write(Op& op, uint64_t offset, std::span<const std::byte> bytes);
+  Status cas(Op& op, uint64_t offset, uint64_t compare, uint64_t swap, uint32_t execute_mask);
+  Status memcpy(Op& op, uint64_t src_offset, uint64_t dst_offset, uint64_t len);
+  Status flush(Op& op, uint64_t offset, uint64_t len);
+
+  // Reads [offset, offset+dst.size()) of one replica's region with RDMA READ
+  // (synchronous; for checks and for readers that go straight to a replica).
+  Status read(uint32_t replica, uint64_t offset, std::span<std::byte> dst);
+
+  // Progress: takes acknowledgements, completes operations in order, fails
+  // them when the chain broke or op_timeout passed. Returns ops completed.
+  size_t poll();
+  // Polls until op is done or timeout_ns passes (then kDeadlineExceeded; the
+  // operation itself is still pending).
+  Status wait(Op& op, uint64_t timeout_ns = UINT64_MAX);
+
+  uint32_t replicas() const;
+  size_t region_size() const;
+  ForwardMode mode() const;
+  size_t in_flight() const;
+  bool broken() const;
+  uint64_t completed() const;
+
+  struct Impl;
+
+ private:
+  explicit Group(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+class ReplicaHost {
+ public:
+  // A replica machine on `device` (which must outlive it).
+  static Result<std::unique_ptr<ReplicaHost>> create(rnic::Device& device,
+                                                     const ReplicaHostOptions& options = {});
+  ~ReplicaHost();
+
+  rnic::Device& device();
+
+  // Registers a tenant: a protection domain and a zeroed region of
+  // region_size bytes on this host. A Group for the tenant needs it registered,
+  // with the same size, on every replica of its chain. Errors: kAlreadyExists,
+  // kInvalidArgument, device errors.
+  Status register_tenant(uint32_t tenant, size_t region_size);
+
+  // Stops / restarts the host's application threads (the agent): for tests
+  // that prove the NICs alone carry operations. freeze() returns once the
+  // agent is parked.
+  void freeze();
+  void thaw();
+  // CPU time the agent thread has consumed (CLOCK_THREAD_CPUTIME_ID).
+  uint64_t agent_cpu_ns() const;
+  // Slots re-armed / messages forwarded by the agent so far.
+  uint64_t slots_rearmed() const;
+  uint64_t ops_forwarded() const;
+  // A copy of the tenant's region bytes at offset, read by this host's CPU
+  // (for checks; not synchronized with in-flight operations).
+  Status peek(uint32_t tenant, uint64_t offset, std::span<std::byte> dst) const;
+
+  struct Impl;
+  Impl* impl() const { return impl_.get(); }
+
+ private:
+  explicit ReplicaHost(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace hyperloop::prim

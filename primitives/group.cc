@@ -1,0 +1,442 @@
+// primitives/: the client side of a chain. Builds each operation's message
+// (chain_format.h), sends it down the chain, completes operations in order as
+// the tail's acknowledgements arrive, and keeps credit so it never sends into
+// a slot that is not armed.
+#include <boost/intrusive/list.hpp>
+#include <cstring>
+#include <mutex>
+
+#include "hyperloop/soft_rnic.h"  // steady_now_ns
+#include "member.h"
+
+namespace hyperloop::prim {
+
+using namespace internal;
+using rnic::SendWr;
+using rnic::WrOpcode;
+
+namespace {
+std::byte* aligned64(std::vector<std::byte>& v, size_t bytes) {
+  v.assign(bytes + 64, std::byte{0});
+  return reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t{63});
+}
+}  // namespace
+
+struct Group::Impl {
+  rnic::Device* dev = nullptr;
+  std::vector<ReplicaHost*> hosts;
+  GroupOptions o;
+  uint32_t n = 0;
+  std::vector<MemberInfo> members;
+  std::vector<bool> member_created;
+
+  std::unique_ptr<rnic::ProtectionDomain> pd;
+  std::unique_ptr<rnic::CompletionQueue> data_cq, ack_cq, ctrl_cq;
+  std::unique_ptr<rnic::QueuePair> data, ack;
+  std::vector<std::unique_ptr<rnic::QueuePair>> ctrl;
+  std::vector<std::byte> msg_store, ack_store, staging_store, small_store;
+  std::byte *msg = nullptr, *acks = nullptr, *staging = nullptr, *small = nullptr;
+  std::unique_ptr<rnic::MemoryRegion> msg_mr, ack_mr, staging_mr, small_mr;
+  size_t msg_stride = 0, ack_stride = 0;
+  static constexpr size_t kSmallBytes = 64 * 1024;  // credits + read bounce
+
+  mutable std::mutex mu;
+  uint64_t next_seq = 0;
+  uint64_t completed = 0;
+  uint64_t credit = 0;  // min over replicas of their armed slot counter
+  boost::intrusive::list<Op> inflight;
+  size_t stage_head = 0, stage_tail = 0;  // free-running byte positions
+  bool broken = false;
+  Status broken_status;
+
+  ~Impl();
+  Status build(std::span<ReplicaHost* const> replicas);
+  void fail_all(Status s);
+  size_t poll_locked();
+  Status refresh_credit(uint64_t deadline);
+  Status acquire(Op& op, uint64_t deadline);
+  Status read_sync(rnic::QueuePair& qp, uint64_t raddr, uint32_t rkey, std::byte* dst, uint32_t len,
+                   uint64_t deadline);
+  enum class Kind { kWrite, kCas, kMemcpy, kFlush };
+  template <typename FillEntry>
+  Status issue(Op& op, Kind kind, std::span<const std::byte> payload, uint64_t offset, FillEntry fill);
+};
+
+Group::Impl::~Impl() {
+  fail_all(Status(StatusCode::kAborted, "group destroyed"));
+  for (uint32_t i = 0; i < members.size(); ++i)
+    if (member_created[i]) drop_member(*hosts[i], o.tenant);
+}
+
+void Group::Impl::fail_all(Status s) {
+  if (!broken) {
+    broken = true;
+    broken_status = s;
+  }
+  while (!inflight.empty()) {
+    Op& op = inflight.front();
+    inflight.pop_front();
+    op.status_ = s;
+    op.done_.store(true, std::memory_order_release);
+  }
+}
+
+Status Group::Impl::build(std::span<ReplicaHost* const> replicas) {
+  hosts.assign(replicas.begin(), replicas.end());
+  members.resize(n);
+  member_created.assign(n, false);
+  for (uint32_t i = 0; i < n; ++i) {
+    auto info = create_member(*hosts[i], o.tenant, i, n, o);
+    if (!info.is_ok()) return info.status();
+    members[i] = *info;
+    member_created[i] = true;
+  }
+  HL_ASSIGN_OR_RETURN(pd, dev->alloc_pd());
+  const uint32_t S = o.slots;
+  HL_ASSIGN_OR_RETURN(data_cq, dev->create_cq({.cqe_count = std::max<uint32_t>(S * 4, 256)}));
+  HL_ASSIGN_OR_RETURN(ack_cq, dev->create_cq({.cqe_count = std::max<uint32_t>(S * 2, 256)}));
+  HL_ASSIGN_OR_RETURN(ctrl_cq, dev->create_cq({.cqe_count = 256}));
+  rnic::QpAttr a;
+  a.send_cq = data_cq.get();
+  a.recv_cq = data_cq.get();
+  a.send_wqebbs = S * 4;
+  a.recv_wqes = 16;
+  HL_ASSIGN_OR_RETURN(data, pd->create_qp(a));
+  a.send_cq = ack_cq.get();
+  a.recv_cq = ack_cq.get();
+  a.send_wqebbs = 16;
+  a.recv_wqes = S;
+  HL_ASSIGN_OR_RETURN(ack, pd->create_qp(a));
+  a.send_cq = ctrl_cq.get();
+  a.recv_cq = ctrl_cq.get();
+  a.send_wqebbs = 64;
+  a.recv_wqes = 16;
+  for (uint32_t i = 0; i < n; ++i) {
+    HL_ASSIGN_OR_RETURN(auto q, pd->create_qp(a));
+    ctrl.push_back(std::move(q));
+  }
+  msg_stride = slot_stride(n);
+  ack_stride = 64;
+  msg = aligned64(msg_store, msg_stride * S);
+  acks = aligned64(ack_store, ack_stride * S);
+  staging = aligned64(staging_store, o.staging_bytes);
+  small = aligned64(small_store, kSmallBytes);
+  HL_ASSIGN_OR_RETURN(msg_mr, pd->register_memory(msg, msg_stride * S, 0));
+  HL_ASSIGN_OR_RETURN(ack_mr, pd->register_memory(acks, ack_stride * S, rnic::kAccessLocalWrite));
+  HL_ASSIGN_OR_RETURN(staging_mr, pd->register_memory(staging, o.staging_bytes, 0));
+  HL_ASSIGN_OR_RETURN(small_mr, pd->register_memory(small, kSmallBytes, rnic::kAccessLocalWrite));
+
+  // Wire the chain: client.data -> R0.in, Ri.out -> Ri+1.in, Rn-1.out -> client.ack.
+  for (uint32_t i = 0; i < n; ++i) {
+    const rnic::QpAddress prev = i == 0 ? data->address() : members[i - 1].out_addr;
+    const rnic::QpAddress next = i + 1 < n ? members[i + 1].in_addr : ack->address();
+    HL_RETURN_IF_ERROR(connect_member(*hosts[i], o.tenant, prev, next, ctrl[i]->address()));
+  }
+  HL_RETURN_IF_ERROR(data->init(0));
+  HL_RETURN_IF_ERROR(data->connect(members[0].in_addr));
+  HL_RETURN_IF_ERROR(data->ready_to_send());
+  HL_RETURN_IF_ERROR(ack->init(0));
+  HL_RETURN_IF_ERROR(ack->connect(members[n - 1].out_addr));
+  HL_RETURN_IF_ERROR(ack->ready_to_send());
+  for (uint32_t i = 0; i < n; ++i) {
+    HL_RETURN_IF_ERROR(ctrl[i]->init(0));
+    HL_RETURN_IF_ERROR(ctrl[i]->connect(members[i].ctrl_addr_qp));
+    HL_RETURN_IF_ERROR(ctrl[i]->ready_to_send());
+  }
+  for (uint32_t i = 0; i < n; ++i) HL_RETURN_IF_ERROR(start_member(*hosts[i], o.tenant));
+  credit = S;
+  return Status::ok();
+}
+
+size_t Group::Impl::poll_locked() {
+  if (broken) return 0;
+  rnic::WorkCompletion wc[32];
+  size_t done = 0;
+  // Errors of the client's own sends (the SEND and the payload WRITE are
+  // unsignaled: only errors show up here).
+  if (auto r = data_cq->poll(wc); !r.is_ok() || *r) {
+    fail_all(Status(StatusCode::kUnavailable,
+                    r.is_ok() ? "chain head unreachable: " + std::string(rnic::wc_status_name(wc[0].status))
+                              : r.status().message()));
+    return 0;
+  }
+  auto r = ack_cq->poll(wc);
+  if (!r.is_ok()) {
+    fail_all(Status(StatusCode::kUnavailable, r.status().message()));
+    return 0;
+  }
+  for (size_t k = 0; k < *r; ++k) {
+    if (wc[k].status != rnic::WcStatus::kSuccess || inflight.empty() || wc[k].wr_id != inflight.front().seq_) {
+      fail_all(Status(StatusCode::kUnavailable,
+                      "chain broke: acknowledgement " + std::string(rnic::wc_status_name(wc[k].status))));
+      return done;
+    }
+    Op& op = inflight.front();
+    inflight.pop_front();
+    if (op.is_cas_) {
+      const std::byte* res = acks + (op.seq_ & (o.slots - 1)) * ack_stride;
+      for (uint32_t i = 0; i < n; ++i) std::memcpy(&op.old_[i], res + 8 * i, 8);
+    }
+    stage_tail = op.staging_end_;
+    ++completed;
+    op.status_ = Status::ok();
+    op.done_.store(true, std::memory_order_release);
+    ++done;
+  }
+  if (!inflight.empty() && soft::steady_now_ns() > inflight.front().deadline_ns_)
+    fail_all(Status(StatusCode::kDeadlineExceeded, "no acknowledgement from the chain within op_timeout"));
+  return done;
+}
+
+Status Group::Impl::read_sync(rnic::QueuePair& qp, uint64_t raddr, uint32_t rkey, std::byte* dst, uint32_t len,
+                              uint64_t deadline) {
+  rnic::Sge sg{reinterpret_cast<uint64_t>(dst), len, small_mr->lkey()};
+  SendWr wr;
+  wr.opcode = WrOpcode::kRdmaRead;
+  wr.flags = rnic::kSendSignaled;
+  wr.sg = {&sg, 1};
+  wr.remote_addr = raddr;
+  wr.rkey = rkey;
+  HL_RETURN_IF_ERROR(qp.post_send(wr));
+  rnic::WorkCompletion wc;
+  for (;;) {
+    auto r = ctrl_cq->poll({&wc, 1});
+    if (!r.is_ok()) return r.status();
+    if (*r) break;
+    if (soft::steady_now_ns() > deadline) return Status(StatusCode::kDeadlineExceeded, "replica did not answer a READ");
+  }
+  if (wc.status != rnic::WcStatus::kSuccess)
+    return Status(StatusCode::kUnavailable, "READ failed: " + std::string(rnic::wc_status_name(wc.status)));
+  return Status::ok();
+}
+
+Status Group::Impl::refresh_credit(uint64_t deadline) {
+  uint64_t c = UINT64_MAX;
+  for (uint32_t i = 0; i < n; ++i) {
+    HL_RETURN_IF_ERROR(read_sync(*ctrl[i], members[i].ctrl_addr + kArmedSeqOffset, members[i].ctrl_rkey, small + 8 * i,
+                                 8, deadline));
+    uint64_t v;
+    std::memcpy(&v, small + 8 * i, 8);
+    c = std::min(c, v);
+  }
+  credit = std::max(credit, c);
+  return Status::ok();
+}
+
+// Waits (polling) for a free, armed slot. REQUIRES: mu held.
+Status Group::Impl::acquire(Op& op, uint64_t deadline) {
+  if (op.is_linked()) return invalid_argument("this Op is still in flight");
+  while (!broken) {
+    if (next_seq - completed < o.slots) {
+      if (next_seq < credit) return Status::ok();
+      HL_RETURN_IF_ERROR(refresh_credit(deadline));
+      if (next_seq < credit) return Status::ok();
+    }
+    poll_locked();
+    if (soft::steady_now_ns() > deadline)
+      return Status(StatusCode::kDeadlineExceeded, "no armed slot within op_timeout (replicas not re-arming)");
+  }
+  return broken_status;
+}
+
+template <typename FillEntry>
+Status Group::Impl::issue(Op& op, Kind kind, std::span<const std::byte> payload, uint64_t offset, FillEntry fill) {
+  const uint64_t deadline = soft::steady_now_ns() + o.op_timeout_ns;
+  HL_RETURN_IF_ERROR(acquire(op, deadline));
+  size_t stage_at = stage_head;
+  if (!payload.empty()) {
+    // Staging is a ring in completion order; a payload never wraps.
+    for (;;) {
+      size_t pos = stage_head % o.staging_bytes;
+      size_t skip = pos + payload.size() > o.staging_bytes ? o.staging_bytes - pos : 0;
+      if (stage_head + skip + payload.size() - stage_tail <= o.staging_bytes) {
+        stage_at = stage_head + skip;
+        break;
+      }
+      if (inflight.empty()) return internal_error("staging accounting");
+      poll_locked();
+      if (broken) return broken_status;
+      if (soft::steady_now_ns() > deadline) return Status(StatusCode::kDeadlineExceeded, "staging buffer full");
+    }
+  }
+  const uint64_t seq = next_seq;
+  const size_t slot = seq & (o.slots - 1);
+  std::byte* m = msg + slot * msg_stride;
+  for (uint32_t i = 0; i < n; ++i) {
+    std::byte* e = m + size_t(i) * kEntryBytes;
+    entry_clear(e);
+    fill(e, i);
+  }
+  std::memset(m + size_t(n) * kEntryBytes, 0, 8 * n);
+
+  rnic::Sge ack_sg{reinterpret_cast<uint64_t>(acks + slot * ack_stride), 8 * n, ack_mr->lkey()};
+  Status s = ack->post_recv({.wr_id = seq, .sg = {&ack_sg, 1}});
+  if (s.is_ok() && !payload.empty()) {
+    std::byte* dst = staging + (stage_at % o.staging_bytes);
+    std::memcpy(dst, payload.data(), payload.size());
+    rnic::Sge sg{reinterpret_cast<uint64_t>(dst), uint32_t(payload.size()), staging_mr->lkey()};
+    SendWr wr;
+    wr.opcode = WrOpcode::kRdmaWrite;
+    wr.sg = {&sg, 1};
+    wr.remote_addr = members[0].region_addr + offset;
+    wr.rkey = members[0].region_rkey;
+    s = data->post_send(wr);
+  }
+  if (s.is_ok()) {
+    rnic::Sge sg{reinterpret_cast<uint64_t>(m), uint32_t(message_bytes(n, 0)), msg_mr->lkey()};
+    SendWr wr;
+    wr.opcode = WrOpcode::kSend;
+    wr.sg = {&sg, 1};
+    s = data->post_send(wr);
+  }
+  if (!s.is_ok()) {
+    fail_all(Status(StatusCode::kUnavailable, "posting to the chain failed: " + s.to_string()));
+    return broken_status;
+  }
+  op.done_.store(false, std::memory_order_relaxed);
+  op.status_ = Status::ok();
+  op.is_cas_ = kind == Kind::kCas;
+  op.replicas_ = n;
+  op.seq_ = seq;
+  op.deadline_ns_ = deadline;
+  op.staging_end_ = payload.empty() ? stage_tail : stage_at + payload.size();
+  std::memset(op.old_, 0, sizeof op.old_);
+  // A payload-less op frees nothing; keep the ring's tail monotonic.
+  if (payload.empty() && !inflight.empty()) op.staging_end_ = inflight.back().staging_end_;
+  if (!payload.empty()) stage_head = stage_at + payload.size();
+  inflight.push_back(op);
+  ++next_seq;
+  return Status::ok();
+}
+
+// ---- Group ----------------------------------------------------------------------------
+Group::Group(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Group::~Group() = default;
+
+Result<std::unique_ptr<Group>> Group::create(rnic::Device& client_device, std::span<ReplicaHost* const> replicas,
+                                             const GroupOptions& o) {
+  if (replicas.empty() || replicas.size() > kMaxReplicas)
+    return invalid_argument("a chain has 1 to 7 replicas");
+  for (auto* r : replicas)
+    if (!r) return invalid_argument("null replica host");
+  if (o.slots < 2 || o.slots > 8192 || (o.slots & (o.slots - 1)))
+    return invalid_argument("slots must be a power of two in [2, 8192]");
+  if (o.rearm_batch == 0 || o.rearm_batch > o.slots) return invalid_argument("rearm_batch must be in [1, slots]");
+  if (o.region_size == 0 || o.region_size % 8) return invalid_argument("region_size must be a positive multiple of 8");
+  if (o.staging_bytes == 0) return invalid_argument("staging_bytes must be positive");
+  auto impl = std::make_unique<Impl>();
+  impl->dev = &client_device;
+  impl->o = o;
+  impl->n = uint32_t(replicas.size());
+  HL_RETURN_IF_ERROR(impl->build(replicas));
+  return std::unique_ptr<Group>(new Group(std::move(impl)));
+}
+
+namespace {
+Status check_range(const Group& g, uint64_t offset, uint64_t len, const char* what) {
+  if (len == 0) return invalid_argument(std::string(what) + ": zero length");
+  if (offset > g.region_size() || len > g.region_size() - offset)
+    return out_of_range(std::string(what) + ": [" + std::to_string(offset) + ", +" + std::to_string(len) +
+                        ") is outside the " + std::to_string(g.region_size()) + "-byte region");
+  if (len > (1ull << 31)) return invalid_argument(std::string(what) + ": longer than 2 GiB");
+  return Status::ok();
+}
+}  // namespace
+
+Status Group::write(Op& op, uint64_t offset, std::span<const std::byte> bytes) {
+  HL_RETURN_IF_ERROR(check_range(*this, offset, bytes.size(), "gWRITE"));
+  if (bytes.size() > impl_->o.staging_bytes) return invalid_argument("gWRITE: payload larger than staging_bytes");
+  std::lock_guard<std::mutex> l(impl_->mu);
+  auto& g = *impl_;
+  const uint32_t len = uint32_t(bytes.size());
+  return g.issue(op, Impl::Kind::kWrite, bytes, offset, [&](std::byte* e, uint32_t i) {
+    if (i + 1 < g.n)
+      entry_forward_write(e, g.members[i].region_addr + offset, g.members[i].region_lkey,
+                          g.members[i + 1].region_addr + offset, g.members[i + 1].region_rkey, len);
+  });
+}
+
+Status Group::cas(Op& op, uint64_t offset, uint64_t compare, uint64_t swap, uint32_t mask) {
+  HL_RETURN_IF_ERROR(check_range(*this, offset, 8, "gCAS"));
+  if (offset % 8) return invalid_argument("gCAS: offset must be 8-byte aligned");
+  if ((mask & ((1u << impl_->n) - 1)) == 0 || (mask >> impl_->n))
+    return invalid_argument("gCAS: execute_mask must name replicas 0.." + std::to_string(impl_->n - 1));
+  std::lock_guard<std::mutex> l(impl_->mu);
+  auto& g = *impl_;
+  return g.issue(op, Impl::Kind::kCas, {}, offset, [&](std::byte* e, uint32_t i) {
+    if (mask & (1u << i))
+      entry_local_cas(e, g.members[i].region_addr + offset, g.members[i].region_rkey, compare, swap);
+  });
+}
+
+Status Group::memcpy(Op& op, uint64_t src, uint64_t dst, uint64_t len) {
+  HL_RETURN_IF_ERROR(check_range(*this, src, len, "gMEMCPY source"));
+  HL_RETURN_IF_ERROR(check_range(*this, dst, len, "gMEMCPY destination"));
+  if (src < dst + len && dst < src + len) return invalid_argument("gMEMCPY: source and destination overlap");
+  std::lock_guard<std::mutex> l(impl_->mu);
+  auto& g = *impl_;
+  return g.issue(op, Impl::Kind::kMemcpy, {}, 0, [&](std::byte* e, uint32_t i) {
+    const auto& m = g.members[i];
+    entry_local_write(e, m.region_addr + src, m.region_lkey, m.region_addr + dst, m.region_rkey, uint32_t(len));
+  });
+}
+
+Status Group::flush(Op& op, uint64_t offset, uint64_t len) {
+  HL_RETURN_IF_ERROR(check_range(*this, offset, len, "gFLUSH"));
+  std::lock_guard<std::mutex> l(impl_->mu);
+  auto& g = *impl_;
+  // A 1-byte READ served by each replica's NIC: the hardware-safe flush.
+  return g.issue(op, Impl::Kind::kFlush, {}, 0, [&](std::byte* e, uint32_t i) {
+    const auto& m = g.members[i];
+    entry_local_read(e, m.ctrl_addr + kScratchOffset, m.ctrl_lkey, m.region_addr + offset, m.region_rkey, 1);
+  });
+}
+
+Status Group::read(uint32_t replica, uint64_t offset, std::span<std::byte> dst) {
+  HL_RETURN_IF_ERROR(check_range(*this, offset, dst.size(), "read"));
+  std::lock_guard<std::mutex> l(impl_->mu);
+  auto& g = *impl_;
+  if (replica >= g.n) return out_of_range("read: no replica " + std::to_string(replica));
+  if (g.broken) return g.broken_status;
+  const uint64_t deadline = soft::steady_now_ns() + g.o.op_timeout_ns;
+  for (size_t done = 0; done < dst.size();) {
+    const uint32_t chunk = uint32_t(std::min<size_t>(dst.size() - done, Impl::kSmallBytes));
+    HL_RETURN_IF_ERROR(g.read_sync(*g.ctrl[replica], g.members[replica].region_addr + offset + done,
+                                   g.members[replica].region_rkey, g.small, chunk, deadline));
+    std::memcpy(dst.data() + done, g.small, chunk);
+    done += chunk;
+  }
+  return Status::ok();
+}
+
+size_t Group::poll() {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  return impl_->poll_locked();
+}
+
+Status Group::wait(Op& op, uint64_t timeout_ns) {
+  const uint64_t start = soft::steady_now_ns();
+  while (!op.done()) {
+    poll();
+    if (soft::steady_now_ns() - start > timeout_ns) return Status(StatusCode::kDeadlineExceeded, "wait timed out");
+  }
+  return op.status();
+}
+
+uint32_t Group::replicas() const { return impl_->n; }
+size_t Group::region_size() const { return impl_->o.region_size; }
+ForwardMode Group::mode() const { return impl_->o.mode; }
+size_t Group::in_flight() const {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  return impl_->inflight.size();
+}
+bool Group::broken() const {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  return impl_->broken;
+}
+uint64_t Group::completed() const {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  return impl_->completed;
+}
+
+}  // namespace hyperloop::prim

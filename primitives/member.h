@@ -1,0 +1,83 @@
+// Private to primitives/: one tenant's position in a chain on a replica host,
+// and what the client must know about it.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "chain_format.h"
+#include "hyperloop/primitives.h"
+#include "hyperloop/rnic.h"
+
+namespace hyperloop::prim::internal {
+
+// Control area of a member (registered memory): the armed counter the client
+// reads for credit, a scratch word, then one message buffer per slot.
+inline constexpr size_t kArmedSeqOffset = 0;
+inline constexpr size_t kScratchOffset = 8;
+inline constexpr size_t kSlotsOffset = 64;
+
+struct MemberInfo {
+  uint64_t region_addr = 0;
+  uint32_t region_lkey = 0;
+  uint32_t region_rkey = 0;
+  uint64_t ctrl_addr = 0;
+  uint32_t ctrl_lkey = 0;
+  uint32_t ctrl_rkey = 0;
+  rnic::QpAddress in_addr;    // receives from the predecessor (or client)
+  rnic::QpAddress out_addr;   // sends to the successor (or client, for the tail)
+  rnic::QpAddress ctrl_addr_qp;  // the client's direct line (credits, reads)
+};
+
+struct Tenant;
+
+struct Member {
+  Tenant* tenant = nullptr;
+  uint32_t pos = 0;
+  uint32_t n = 0;
+  GroupOptions opts;
+  size_t stride = 0;
+  std::vector<std::byte> ctrl_mem_storage;
+  std::byte* ctrl_mem = nullptr;
+  std::unique_ptr<rnic::MemoryRegion> ctrl_mr;
+  std::unique_ptr<rnic::CompletionQueue> in_rcq, loop_scq, out_scq, misc_cq;
+  std::unique_ptr<rnic::QueuePair> in, out, loop, loop_peer, master, ctrl_qp;
+  std::unique_ptr<rnic::MemoryRegion> loop_ring_mr, out_ring_mr;
+  mlx5::SendRingView loop_ring, out_ring, master_ring;
+  uint64_t armed_seq = 0;      // slots [0, armed_seq) have been armed
+  uint64_t done_seq = 0;       // slots [0, done_seq) have completed here
+  uint64_t recv_seq = 0;       // CPU mode: messages taken
+  bool started = false;        // armed and serving; the agent skips it before
+  std::atomic<bool> broken{false};
+
+  std::byte* slot_buf(uint64_t seq) const { return ctrl_mem + kSlotsOffset + (seq & (opts.slots - 1)) * stride; }
+  uint64_t addr_of(const std::byte* p) const { return reinterpret_cast<uint64_t>(p); }
+  void publish_armed() {
+    std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(ctrl_mem + kArmedSeqOffset))
+        .store(armed_seq, std::memory_order_release);
+  }
+};
+
+struct Tenant {
+  uint32_t id = 0;
+  size_t region_size = 0;
+  std::unique_ptr<rnic::ProtectionDomain> pd;
+  std::vector<std::byte> region_storage;
+  std::byte* region = nullptr;
+  std::unique_ptr<rnic::MemoryRegion> region_mr;
+  std::unique_ptr<Member> member;  // the active chain position, if any
+};
+
+// The host side of Group::create, implemented in replica_host.cc.
+Result<MemberInfo> create_member(ReplicaHost& host, uint32_t tenant, uint32_t pos, uint32_t n,
+                                 const GroupOptions& opts);
+Status connect_member(ReplicaHost& host, uint32_t tenant, const rnic::QpAddress& prev,
+                      const rnic::QpAddress& next, const rnic::QpAddress& client_ctrl);
+// Arms every slot and starts serving. Called once all members are connected.
+Status start_member(ReplicaHost& host, uint32_t tenant);
+void drop_member(ReplicaHost& host, uint32_t tenant);
+
+}  // namespace hyperloop::prim::internal

@@ -1,0 +1,556 @@
+// primitives/: the replica side. Members (one tenant's chain position), the
+// slot arming that makes the NIC forward by itself, and the host's agent
+// thread: in offload mode it only re-arms used slots, in batches; in CPU
+// forwarding mode it polls, forwards and re-posts (the baseline).
+#include <time.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <map>
+#include <thread>
+
+#include "member.h"
+
+namespace hyperloop::prim {
+
+using namespace internal;
+using rnic::Access;
+using rnic::SendWr;
+using rnic::WrOpcode;
+
+std::string_view forward_mode_name(ForwardMode m) {
+  return m == ForwardMode::kOffload ? "offload" : "cpu-forward";
+}
+
+struct ReplicaHost::Impl {
+  rnic::Device* device = nullptr;
+  ReplicaHostOptions opts;
+  mutable std::mutex mu;  // tenants and members
+  std::map<uint32_t, std::unique_ptr<Tenant>> tenants;
+
+  std::thread agent;
+  std::atomic<bool> stop{false};
+  std::mutex freeze_mu;
+  std::condition_variable freeze_cv;
+  bool freeze_requested = false;
+  bool parked = false;
+  std::atomic<uint64_t> cpu_ns{0};
+  std::atomic<uint64_t> rearmed{0};
+  std::atomic<uint64_t> forwarded{0};
+
+  void run_agent();
+  size_t serve(Member& m);
+  size_t serve_offload(Member& m);
+  size_t serve_cpu(Member& m);
+};
+
+namespace {
+
+uint64_t thread_cpu_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return uint64_t(ts.tv_sec) * 1'000'000'000ull + uint64_t(ts.tv_nsec);
+}
+
+std::byte* wqe_at(const mlx5::SendRingView& r, uint64_t bb) { return r.bb(uint32_t(bb)); }
+
+// Sets the 16-bit wqe_index of the WQE at `bb` (ctrl bytes 1-2, big-endian).
+void set_wqe_index(const mlx5::SendRingView& r, uint64_t bb) {
+  std::byte* p = wqe_at(r, bb);
+  const uint16_t be = mlx5::to_be16(uint16_t(bb));
+  std::memcpy(p + 1, &be, 2);
+}
+
+// Sets a WAIT / SEND_EN WQE's wqe_index and max_index in place.
+void set_wait_en(const mlx5::SendRingView& r, uint64_t bb, uint32_t max_index) {
+  set_wqe_index(r, bb);
+  const uint32_t be = mlx5::to_be32(max_index);
+  std::memcpy(wqe_at(r, bb) + mlx5::kWaitEnIndexOffset, &be, 4);
+}
+
+// Slot `seq`'s positions. Every WQE is one WQEBB, so positions are counters:
+// loop: seq; out: 2 seq (forward WRITE), 2 seq + 1 (SEND); master: 4 seq .. 4 seq + 3.
+constexpr uint64_t kMasterPerSlot = 4;
+constexpr uint64_t kOutPerSlot = 2;
+
+}  // namespace
+
+// ---- member creation and connection ---------------------------------------------
+Result<MemberInfo> internal::create_member(ReplicaHost& host, uint32_t tenant_id, uint32_t pos, uint32_t n,
+                                           const GroupOptions& o) {
+  auto* h = host.impl();
+  std::lock_guard<std::mutex> l(h->mu);
+  auto it = h->tenants.find(tenant_id);
+  if (it == h->tenants.end())
+    return not_found("tenant " + std::to_string(tenant_id) + " is not registered on this replica host");
+  Tenant& t = *it->second;
+  if (t.region_size != o.region_size)
+    return invalid_argument("tenant " + std::to_string(tenant_id) + " has a region of " +
+                            std::to_string(t.region_size) + " bytes here, not " + std::to_string(o.region_size));
+  if (t.member) return Status(StatusCode::kAlreadyExists, "tenant already has a group on this replica");
+  const auto& caps = h->device->caps();
+  const bool offload = o.mode == ForwardMode::kOffload;
+  if (offload && !(caps.cross_channel && caps.managed_queues && caps.raw_send_ring))
+    return not_supported("offload mode needs cross-channel, managed queues and raw send rings; " +
+                         caps.name + " has not all of them (use kCpuForward)");
+
+  auto m = std::make_unique<Member>();
+  m->tenant = &t;
+  m->pos = pos;
+  m->n = n;
+  m->opts = o;
+  m->stride = slot_stride(n);
+  m->ctrl_mem_storage.assign(kSlotsOffset + m->stride * o.slots + 64, std::byte{0});
+  m->ctrl_mem = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(m->ctrl_mem_storage.data()) + 63) & ~uintptr_t{63});
+  HL_ASSIGN_OR_RETURN(m->ctrl_mr, t.pd->register_memory(m->ctrl_mem, kSlotsOffset + m->stride * o.slots,
+                                                        rnic::kAccessLocalWrite | rnic::kAccessRemoteRead));
+  auto& dev = *h->device;
+  const uint32_t S = o.slots;
+  HL_ASSIGN_OR_RETURN(m->in_rcq, dev.create_cq({.cqe_count = std::max<uint32_t>(S, 64) * 2, .ignore_overrun = offload}));
+  HL_ASSIGN_OR_RETURN(m->loop_scq, dev.create_cq({.cqe_count = std::max<uint32_t>(S, 64) * 2, .ignore_overrun = offload}));
+  HL_ASSIGN_OR_RETURN(m->out_scq, dev.create_cq({.cqe_count = std::max<uint32_t>(S, 64) * 4}));
+  HL_ASSIGN_OR_RETURN(m->misc_cq, dev.create_cq({.cqe_count = 1024, .ignore_overrun = true}));
+
+  rnic::QpAttr a;
+  a.max_recv_sge = 8;
+  a.send_cq = m->misc_cq.get();
+  a.recv_cq = m->in_rcq.get();
+  a.send_wqebbs = 64;
+  a.recv_wqes = S;
+  HL_ASSIGN_OR_RETURN(m->in, t.pd->create_qp(a));
+  a.recv_cq = m->misc_cq.get();
+  a.recv_wqes = 16;
+  a.send_cq = m->out_scq.get();
+  a.send_wqebbs = S * kOutPerSlot;
+  a.managed_send = offload;
+  HL_ASSIGN_OR_RETURN(m->out, t.pd->create_qp(a));
+  a.send_cq = m->loop_scq.get();
+  a.send_wqebbs = std::max<uint32_t>(S, 2);
+  HL_ASSIGN_OR_RETURN(m->loop, t.pd->create_qp(a));
+  a.managed_send = false;
+  a.send_cq = m->misc_cq.get();
+  a.send_wqebbs = 64;
+  HL_ASSIGN_OR_RETURN(m->loop_peer, t.pd->create_qp(a));
+  HL_ASSIGN_OR_RETURN(m->ctrl_qp, t.pd->create_qp(a));
+  if (offload) {
+    a.cross_channel = true;
+    a.send_wqebbs = S * kMasterPerSlot;
+    HL_ASSIGN_OR_RETURN(m->master, t.pd->create_qp(a));
+    HL_ASSIGN_OR_RETURN(m->loop_ring, m->loop->raw_send_ring());
+    HL_ASSIGN_OR_RETURN(m->out_ring, m->out->raw_send_ring());
+    HL_ASSIGN_OR_RETURN(m->master_ring, m->master->raw_send_ring());
+    // The RECV of each slot scatters the operation's parameters into these rings.
+    HL_ASSIGN_OR_RETURN(m->loop_ring_mr,
+                        t.pd->register_memory(m->loop_ring.base, m->loop_ring.bytes(), rnic::kAccessLocalWrite));
+    HL_ASSIGN_OR_RETURN(m->out_ring_mr,
+                        t.pd->register_memory(m->out_ring.base, m->out_ring.bytes(), rnic::kAccessLocalWrite));
+    // The master only issues local WAIT/SEND_EN; it is connected to itself.
+    HL_RETURN_IF_ERROR(m->master->init(0));
+    HL_RETURN_IF_ERROR(m->master->connect(m->master->address()));
+    HL_RETURN_IF_ERROR(m->master->ready_to_send());
+  }
+  HL_RETURN_IF_ERROR(rnic::connect_pair(*m->loop, *m->loop_peer, rnic::kAccessAllRemote));
+
+  MemberInfo info;
+  info.region_addr = reinterpret_cast<uint64_t>(t.region);
+  info.region_lkey = t.region_mr->lkey();
+  info.region_rkey = t.region_mr->rkey();
+  info.ctrl_addr = reinterpret_cast<uint64_t>(m->ctrl_mem);
+  info.ctrl_lkey = m->ctrl_mr->lkey();
+  info.ctrl_rkey = m->ctrl_mr->rkey();
+  info.in_addr = m->in->address();
+  info.out_addr = m->out->address();
+  info.ctrl_addr_qp = m->ctrl_qp->address();
+  t.member = std::move(m);
+  return info;
+}
+
+Status internal::connect_member(ReplicaHost& host, uint32_t tenant, const rnic::QpAddress& prev,
+                                const rnic::QpAddress& next, const rnic::QpAddress& client_ctrl) {
+  auto* h = host.impl();
+  std::lock_guard<std::mutex> l(h->mu);
+  auto it = h->tenants.find(tenant);
+  if (it == h->tenants.end() || !it->second->member) return not_found("no member for tenant");
+  Member& m = *it->second->member;
+  // The predecessor writes payloads into the region; the client reads the
+  // region and the control area (credits) over its direct line.
+  HL_RETURN_IF_ERROR(m.in->init(rnic::kAccessRemoteWrite));
+  HL_RETURN_IF_ERROR(m.in->connect(prev));
+  HL_RETURN_IF_ERROR(m.in->ready_to_send());
+  HL_RETURN_IF_ERROR(m.out->init(0));
+  HL_RETURN_IF_ERROR(m.out->connect(next));
+  HL_RETURN_IF_ERROR(m.out->ready_to_send());
+  HL_RETURN_IF_ERROR(m.ctrl_qp->init(rnic::kAccessRemoteRead));
+  HL_RETURN_IF_ERROR(m.ctrl_qp->connect(client_ctrl));
+  return m.ctrl_qp->ready_to_send();
+}
+
+// ---- arming ----------------------------------------------------------------------------
+namespace {
+
+// Offload: posts slot `seq` from scratch through the structured API.
+Status arm_slot(Member& m, uint64_t seq) {
+  const uint32_t n = m.n, i = m.pos;
+  Tenant& t = *m.tenant;
+  std::byte* buf = m.slot_buf(seq);
+  std::byte* fwd_buf = buf + kEntryBytes;
+  const uint64_t region = reinterpret_cast<uint64_t>(t.region);
+  // Local op placeholder: a signaled CAS (ds 4) whose 4th segment, never
+  // patched, points the old value at this replica's result in the forward buffer.
+  rnic::Sge result{m.addr_of(fwd_buf + result_offset(n, i)), 8, m.ctrl_mr->lkey()};
+  SendWr cas;
+  cas.opcode = WrOpcode::kAtomicCas;
+  cas.flags = rnic::kSendSignaled;
+  cas.sg = {&result, 1};
+  cas.remote_addr = region;
+  cas.rkey = t.region_mr->rkey();
+  HL_RETURN_IF_ERROR(m.loop->post_send(cas));
+  // Forward WRITE placeholder (ds 3) and the SEND of the forward buffer.
+  rnic::Sge one{region, 1, t.region_mr->lkey()};
+  SendWr fwd;
+  fwd.opcode = WrOpcode::kRdmaWrite;
+  fwd.sg = {&one, 1};
+  fwd.remote_addr = 0;
+  HL_RETURN_IF_ERROR(m.out->post_send(fwd));
+  rnic::Sge fb{m.addr_of(fwd_buf), uint32_t(forward_bytes(n, i)), m.ctrl_mr->lkey()};
+  SendWr send;
+  send.opcode = WrOpcode::kSend;
+  send.flags = rnic::kSendSignaled;
+  send.sg = {&fb, 1};
+  HL_RETURN_IF_ERROR(m.out->post_send(send));
+  // Master: WAIT for this slot's RECV, release the local op, WAIT for it,
+  // release the forward WRITE and SEND.
+  SendWr w;
+  w.opcode = WrOpcode::kWait;
+  w.wait_cq = m.in_rcq.get();
+  w.index = uint32_t(seq);
+  HL_RETURN_IF_ERROR(m.master->post_send(w));
+  SendWr en;
+  en.opcode = WrOpcode::kSendEnable;
+  en.enable_qp = m.loop.get();
+  en.index = uint32_t(seq + 1);
+  HL_RETURN_IF_ERROR(m.master->post_send(en));
+  w.wait_cq = m.loop_scq.get();
+  HL_RETURN_IF_ERROR(m.master->post_send(w));
+  en.enable_qp = m.out.get();
+  en.index = uint32_t(kOutPerSlot * (seq + 1));
+  HL_RETURN_IF_ERROR(m.master->post_send(en));
+  // The RECV whose scatter list is the patch (chain_format.h).
+  std::byte* lw = wqe_at(m.loop_ring, seq);
+  std::byte* fw = wqe_at(m.out_ring, kOutPerSlot * seq);
+  const uint32_t lk = m.loop_ring_mr->lkey(), ok = m.out_ring_mr->lkey();
+  rnic::Sge sg[6] = {
+      {m.addr_of(lw + kWqeOpcodeByte), 1, lk},   {m.addr_of(lw + kWqeDsByte), 1, lk},
+      {m.addr_of(lw + kWqeSegsOffset), kSegsBytes, lk}, {m.addr_of(fw + kWqeOpcodeByte), 1, ok},
+      {m.addr_of(fw + kWqeSegsOffset), kSegsBytes, ok}, {m.addr_of(fwd_buf), uint32_t(forward_bytes(n, i)), m.ctrl_mr->lkey()},
+  };
+  return m.in->post_recv({.wr_id = seq, .sg = {sg, 6}});
+}
+
+// Offload: re-arms slot `seq` in place. Slot seq - slots left every WQE and
+// the RECV where slot seq needs them; only the counters change. Doorbells are
+// rung by the caller once per batch.
+void rearm_slot(Member& m, uint64_t seq) {
+  set_wqe_index(m.loop_ring, seq);
+  set_wqe_index(m.out_ring, kOutPerSlot * seq);
+  set_wqe_index(m.out_ring, kOutPerSlot * seq + 1);
+  const uint64_t b = kMasterPerSlot * seq;
+  set_wait_en(m.master_ring, b, uint32_t(seq) & mlx5::kCqIndexMask);
+  set_wait_en(m.master_ring, b + 1, uint32_t(seq + 1) & mlx5::kWqeIndexMask);
+  set_wait_en(m.master_ring, b + 2, uint32_t(seq) & mlx5::kCqIndexMask);
+  set_wait_en(m.master_ring, b + 3, uint32_t(kOutPerSlot * (seq + 1)) & mlx5::kWqeIndexMask);
+}
+
+Status ring_rearmed(Member& m, uint64_t upto) {
+  // Managed queues first (their doorbells only record), the master next, and
+  // the RECVs last: nothing can fire before its WQEs are in place.
+  HL_RETURN_IF_ERROR(m.loop->ring_send_doorbell(uint32_t(upto)));
+  HL_RETURN_IF_ERROR(m.out->ring_send_doorbell(uint32_t(kOutPerSlot * upto)));
+  HL_RETURN_IF_ERROR(m.master->ring_send_doorbell(uint32_t(kMasterPerSlot * upto)));
+  return m.in->ring_recv_doorbell(uint32_t(upto));
+}
+
+// CPU mode: a RECV of the whole message into the slot buffer.
+Status post_cpu_recv(Member& m, uint64_t seq) {
+  std::byte* buf = m.slot_buf(seq);
+  rnic::Sge sg{m.addr_of(buf), uint32_t(message_bytes(m.n, m.pos)), m.ctrl_mr->lkey()};
+  return m.in->post_recv({.wr_id = seq, .sg = {&sg, 1}});
+}
+
+}  // namespace
+
+Status internal::start_member(ReplicaHost& host, uint32_t tenant) {
+  auto* h = host.impl();
+  std::lock_guard<std::mutex> l(h->mu);
+  auto it = h->tenants.find(tenant);
+  if (it == h->tenants.end() || !it->second->member) return not_found("no member for tenant");
+  Member& m = *it->second->member;
+  for (uint64_t s = 0; s < m.opts.slots; ++s)
+    HL_RETURN_IF_ERROR(m.opts.mode == ForwardMode::kOffload ? arm_slot(m, s) : post_cpu_recv(m, s));
+  m.armed_seq = m.opts.slots;
+  m.publish_armed();
+  m.started = true;
+  return Status::ok();
+}
+
+void internal::drop_member(ReplicaHost& host, uint32_t tenant) {
+  auto* h = host.impl();
+  std::unique_ptr<Member> gone;
+  {
+    std::lock_guard<std::mutex> l(h->mu);
+    auto it = h->tenants.find(tenant);
+    if (it == h->tenants.end()) return;
+    gone = std::move(it->second->member);
+  }
+  // Destroyed outside the lock; the agent only touches members under it.
+}
+
+// ---- the agent ----------------------------------------------------------------------------
+size_t ReplicaHost::Impl::serve_offload(Member& m) {
+  rnic::WorkCompletion wc[32];
+  auto r = m.out_scq->poll(wc);
+  size_t work = 0;
+  if (!r.is_ok()) {
+    m.broken = true;
+    return 0;
+  }
+  for (size_t k = 0; k < *r; ++k) {
+    if (wc[k].status != rnic::WcStatus::kSuccess) m.broken = true;
+    if (wc[k].opcode == rnic::WcOpcode::kSend) ++m.done_seq;
+  }
+  work += *r;
+  if (m.broken) return work;
+  // Re-arm in batches; a partial batch too when the completions have dried up.
+  const uint64_t free_slots = m.done_seq + m.opts.slots - m.armed_seq;
+  if (free_slots >= m.opts.rearm_batch || (free_slots > 0 && *r == 0)) {
+    const uint64_t upto = m.armed_seq + free_slots;
+    for (uint64_t s = m.armed_seq; s < upto; ++s) rearm_slot(m, s);
+    if (!ring_rearmed(m, upto).is_ok()) {
+      m.broken = true;
+      return work;
+    }
+    rearmed.fetch_add(free_slots, std::memory_order_relaxed);
+    m.armed_seq = upto;
+    m.publish_armed();
+    work += free_slots;
+  }
+  return work;
+}
+
+size_t ReplicaHost::Impl::serve_cpu(Member& m) {
+  rnic::WorkCompletion wc[16];
+  // Errors of the forwarded SENDs surface here.
+  if (auto r = m.out_scq->poll(wc); !r.is_ok()) {
+    m.broken = true;
+  } else {
+    for (size_t k = 0; k < *r; ++k)
+      if (wc[k].status != rnic::WcStatus::kSuccess) m.broken = true;
+  }
+  auto r = m.in_rcq->poll(wc);
+  if (!r.is_ok() || m.broken) {
+    m.broken = true;
+    return 0;
+  }
+  for (size_t k = 0; k < *r && !m.broken; ++k) {
+    if (wc[k].status != rnic::WcStatus::kSuccess) {
+      m.broken = true;
+      break;
+    }
+    const uint64_t seq = m.recv_seq++;
+    std::byte* buf = m.slot_buf(seq);
+    std::byte* fwd_buf = buf + kEntryBytes;
+    // Rebuild the WQEs the offload path would run, from the same entry bytes.
+    alignas(64) std::byte img[64];
+    mlx5::SendRingView one{img, 1};
+    mlx5::SendWqe w;
+    uint32_t bbs;
+    const uint32_t n = m.n, i = m.pos;
+    if (buf[kEntryLocalOpcode] != std::byte{mlx5::kOpNop}) {
+      mlx5::SendWqe tmpl;
+      tmpl.ctrl.opcode = mlx5::kOpAtomicCs;
+      tmpl.num_sge = 1;
+      tmpl.sge[0] = {m.addr_of(fwd_buf + result_offset(n, i)), 8, m.ctrl_mr->lkey()};
+      mlx5::encode_send_wqe(one, 0, tmpl);
+      apply_local(buf, img);
+      if (mlx5::decode_send_wqe(one, 0, &w, &bbs) != mlx5::WqeError::kOk) {
+        m.broken = true;
+        break;
+      }
+      SendWr wr;
+      wr.flags = rnic::kSendSignaled;
+      wr.remote_addr = w.raddr;
+      wr.rkey = w.rkey;
+      wr.sg = {w.sge, w.num_sge};
+      switch (w.ctrl.opcode) {
+        case mlx5::kOpRdmaWrite: wr.opcode = WrOpcode::kRdmaWrite; break;
+        case mlx5::kOpRdmaRead: wr.opcode = WrOpcode::kRdmaRead; break;
+        case mlx5::kOpAtomicCs:
+          wr.opcode = WrOpcode::kAtomicCas;
+          wr.compare_add = w.compare;
+          wr.swap = w.swap_add;
+          break;
+        default: m.broken = true; break;
+      }
+      if (m.broken || !m.loop->post_send(wr).is_ok()) {
+        m.broken = true;
+        break;
+      }
+      // The forward must not overtake the local op: wait for it.
+      rnic::WorkCompletion lw;
+      for (;;) {
+        auto p = m.loop_scq->poll({&lw, 1});
+        if (!p.is_ok()) { m.broken = true; break; }
+        if (*p) {
+          if (lw.status != rnic::WcStatus::kSuccess) m.broken = true;
+          break;
+        }
+        if (stop.load(std::memory_order_relaxed)) { m.broken = true; break; }
+      }
+      if (m.broken) break;
+    }
+    if (buf[kEntryFwdOpcode] == std::byte{mlx5::kOpRdmaWrite}) {
+      mlx5::SendWqe tmpl;
+      tmpl.ctrl.opcode = mlx5::kOpRdmaWrite;
+      tmpl.num_sge = 1;
+      mlx5::encode_send_wqe(one, 0, tmpl);
+      apply_forward(buf, img);
+      if (mlx5::decode_send_wqe(one, 0, &w, &bbs) != mlx5::WqeError::kOk || w.num_sge != 1) {
+        m.broken = true;
+        break;
+      }
+      SendWr wr;
+      wr.opcode = WrOpcode::kRdmaWrite;
+      wr.remote_addr = w.raddr;
+      wr.rkey = w.rkey;
+      wr.sg = {w.sge, 1};
+      if (!m.out->post_send(wr).is_ok()) { m.broken = true; break; }
+    }
+    rnic::Sge fb{m.addr_of(fwd_buf), uint32_t(forward_bytes(n, i)), m.ctrl_mr->lkey()};
+    SendWr send;
+    send.opcode = WrOpcode::kSend;
+    send.flags = rnic::kSendSignaled;
+    send.sg = {&fb, 1};
+    if (!m.out->post_send(send).is_ok() || !post_cpu_recv(m, seq + m.opts.slots).is_ok()) {
+      m.broken = true;
+      break;
+    }
+    forwarded.fetch_add(1, std::memory_order_relaxed);
+    m.armed_seq = seq + 1 + m.opts.slots;
+  }
+  m.publish_armed();
+  return *r;
+}
+
+size_t ReplicaHost::Impl::serve(Member& m) {
+  if (!m.started || m.broken) return 0;
+  return m.opts.mode == ForwardMode::kOffload ? serve_offload(m) : serve_cpu(m);
+}
+
+void ReplicaHost::Impl::run_agent() {
+  if (opts.agent_cpu >= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(opts.agent_cpu, &set);
+    pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+  }
+  const uint64_t start = thread_cpu_ns();
+  while (!stop.load(std::memory_order_relaxed)) {
+    {
+      std::unique_lock<std::mutex> fl(freeze_mu);
+      if (freeze_requested) {
+        parked = true;
+        freeze_cv.notify_all();
+        freeze_cv.wait(fl, [&] { return !freeze_requested || stop.load(); });
+        parked = false;
+      }
+    }
+    size_t work = 0;
+    bool cpu_members = false;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      for (auto& [id, t] : tenants) {
+        if (!t->member) continue;
+        cpu_members |= t->member->opts.mode == ForwardMode::kCpuForward;
+        work += serve(*t->member);
+      }
+    }
+    // Everything this thread burns counts, polling and sleeping included.
+    cpu_ns.store(thread_cpu_ns() - start, std::memory_order_relaxed);
+    // The offload agent is background work: it naps when idle. A forwarder
+    // is on the critical path and keeps polling.
+    if (!work && !cpu_members) std::this_thread::sleep_for(std::chrono::microseconds(opts.idle_sleep_us));
+  }
+}
+
+// ---- ReplicaHost ------------------------------------------------------------------------
+ReplicaHost::ReplicaHost(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Result<std::unique_ptr<ReplicaHost>> ReplicaHost::create(rnic::Device& device, const ReplicaHostOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->device = &device;
+  impl->opts = options;
+  auto host = std::unique_ptr<ReplicaHost>(new ReplicaHost(std::move(impl)));
+  Impl* raw = host->impl_.get();
+  raw->agent = std::thread([raw] { raw->run_agent(); });
+  return host;
+}
+
+ReplicaHost::~ReplicaHost() {
+  {
+    std::lock_guard<std::mutex> fl(impl_->freeze_mu);
+    impl_->stop.store(true);
+    impl_->freeze_requested = false;
+  }
+  impl_->freeze_cv.notify_all();
+  impl_->agent.join();
+}
+
+rnic::Device& ReplicaHost::device() { return *impl_->device; }
+
+Status ReplicaHost::register_tenant(uint32_t tenant, size_t region_size) {
+  if (region_size == 0 || region_size % 8) return invalid_argument("region_size must be a positive multiple of 8");
+  std::lock_guard<std::mutex> l(impl_->mu);
+  if (impl_->tenants.count(tenant))
+    return Status(StatusCode::kAlreadyExists, "tenant " + std::to_string(tenant) + " is already registered");
+  auto t = std::make_unique<Tenant>();
+  t->id = tenant;
+  t->region_size = region_size;
+  HL_ASSIGN_OR_RETURN(t->pd, impl_->device->alloc_pd());
+  t->region_storage.assign(region_size + 64, std::byte{0});
+  t->region = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(t->region_storage.data()) + 63) & ~uintptr_t{63});
+  HL_ASSIGN_OR_RETURN(t->region_mr, t->pd->register_memory(t->region, region_size, rnic::kAccessAll));
+  impl_->tenants[tenant] = std::move(t);
+  return Status::ok();
+}
+
+void ReplicaHost::freeze() {
+  std::unique_lock<std::mutex> fl(impl_->freeze_mu);
+  impl_->freeze_requested = true;
+  impl_->freeze_cv.wait(fl, [&] { return impl_->parked; });
+}
+
+void ReplicaHost::thaw() {
+  {
+    std::lock_guard<std::mutex> fl(impl_->freeze_mu);
+    impl_->freeze_requested = false;
+  }
+  impl_->freeze_cv.notify_all();
+}
+
+uint64_t ReplicaHost::agent_cpu_ns() const { return impl_->cpu_ns.load(); }
+uint64_t ReplicaHost::slots_rearmed() const { return impl_->rearmed.load(); }
+uint64_t ReplicaHost::ops_forwarded() const { return impl_->forwarded.load(); }
+
+Status ReplicaHost::peek(uint32_t tenant, uint64_t offset, std::span<std::byte> dst) const {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  auto it = impl_->tenants.find(tenant);
+  if (it == impl_->tenants.end()) return not_found("tenant not registered");
+  const Tenant& t = *it->second;
+  if (offset > t.region_size || dst.size() > t.region_size - offset) return out_of_range("peek outside the region");
+  std::memcpy(dst.data(), t.region + offset, dst.size());
+  return Status::ok();
+}
+
+}  // namespace hyperloop::prim
