@@ -6,7 +6,6 @@
 #include <cstring>
 #include <mutex>
 
-#include "hyperloop/soft_rnic.h"  // steady_now_ns
 #include "member.h"
 
 namespace hyperloop::prim {
@@ -50,6 +49,10 @@ struct Group::Impl {
   Status broken_status;
 
   ~Impl();
+  uint64_t now() const { return now_ns(o.clock); }
+  void progress() const {
+    if (o.progress) o.progress();
+  }
   Status build(std::span<ReplicaHost* const> replicas);
   void fail_all(Status s);
   size_t poll_locked();
@@ -183,7 +186,7 @@ size_t Group::Impl::poll_locked() {
     op.done_.store(true, std::memory_order_release);
     ++done;
   }
-  if (!inflight.empty() && soft::steady_now_ns() > inflight.front().deadline_ns_)
+  if (!inflight.empty() && now() > inflight.front().deadline_ns_)
     fail_all(Status(StatusCode::kDeadlineExceeded, "no acknowledgement from the chain within op_timeout"));
   return done;
 }
@@ -203,7 +206,8 @@ Status Group::Impl::read_sync(rnic::QueuePair& qp, uint64_t raddr, uint32_t rkey
     auto r = ctrl_cq->poll({&wc, 1});
     if (!r.is_ok()) return r.status();
     if (*r) break;
-    if (soft::steady_now_ns() > deadline) return Status(StatusCode::kDeadlineExceeded, "replica did not answer a READ");
+    if (now() > deadline) return Status(StatusCode::kDeadlineExceeded, "replica did not answer a READ");
+    progress();
   }
   if (wc.status != rnic::WcStatus::kSuccess)
     return Status(StatusCode::kUnavailable, "READ failed: " + std::string(rnic::wc_status_name(wc.status)));
@@ -233,15 +237,16 @@ Status Group::Impl::acquire(Op& op, uint64_t deadline) {
       if (next_seq < credit) return Status::ok();
     }
     poll_locked();
-    if (soft::steady_now_ns() > deadline)
+    if (now() > deadline)
       return Status(StatusCode::kDeadlineExceeded, "no armed slot within op_timeout (replicas not re-arming)");
+    progress();
   }
   return broken_status;
 }
 
 template <typename FillEntry>
 Status Group::Impl::issue(Op& op, Kind kind, std::span<const std::byte> payload, uint64_t offset, FillEntry fill) {
-  const uint64_t deadline = soft::steady_now_ns() + o.op_timeout_ns;
+  const uint64_t deadline = now() + o.op_timeout_ns;
   HL_RETURN_IF_ERROR(acquire(op, deadline));
   size_t stage_at = stage_head;
   if (!payload.empty()) {
@@ -256,7 +261,8 @@ Status Group::Impl::issue(Op& op, Kind kind, std::span<const std::byte> payload,
       if (inflight.empty()) return internal_error("staging accounting");
       poll_locked();
       if (broken) return broken_status;
-      if (soft::steady_now_ns() > deadline) return Status(StatusCode::kDeadlineExceeded, "staging buffer full");
+      if (now() > deadline) return Status(StatusCode::kDeadlineExceeded, "staging buffer full");
+      progress();
     }
   }
   const uint64_t seq = next_seq;
@@ -398,7 +404,7 @@ Status Group::read(uint32_t replica, uint64_t offset, std::span<std::byte> dst) 
   auto& g = *impl_;
   if (replica >= g.n) return out_of_range("read: no replica " + std::to_string(replica));
   if (g.broken) return g.broken_status;
-  const uint64_t deadline = soft::steady_now_ns() + g.o.op_timeout_ns;
+  const uint64_t deadline = g.now() + g.o.op_timeout_ns;
   for (size_t done = 0; done < dst.size();) {
     const uint32_t chunk = uint32_t(std::min<size_t>(dst.size() - done, Impl::kSmallBytes));
     HL_RETURN_IF_ERROR(g.read_sync(*g.ctrl[replica], g.members[replica].region_addr + offset + done,
@@ -415,10 +421,12 @@ size_t Group::poll() {
 }
 
 Status Group::wait(Op& op, uint64_t timeout_ns) {
-  const uint64_t start = soft::steady_now_ns();
+  const uint64_t start = impl_->now();
   while (!op.done()) {
     poll();
-    if (soft::steady_now_ns() - start > timeout_ns) return Status(StatusCode::kDeadlineExceeded, "wait timed out");
+    if (op.done()) break;
+    if (impl_->now() - start > timeout_ns) return Status(StatusCode::kDeadlineExceeded, "wait timed out");
+    impl_->progress();
   }
   return op.status();
 }

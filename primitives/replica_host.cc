@@ -40,7 +40,7 @@ struct ReplicaHost::Impl {
   std::atomic<uint64_t> rearmed{0};
   std::atomic<uint64_t> forwarded{0};
 
-  void run_agent();
+  void run_agent(ReplicaHost* host);
   size_t serve(Member& m);
   size_t serve_offload(Member& m);
   size_t serve_cpu(Member& m);
@@ -339,108 +339,120 @@ size_t ReplicaHost::Impl::serve_offload(Member& m) {
   return work;
 }
 
+namespace {
+
+// CPU mode: the local operation of message `seq`, rebuilt from its entry
+// through the same codec the NIC uses. Returns false if there is none (NOP).
+bool cpu_local_wr(Member& m, uint64_t seq, mlx5::SendWqe& w, SendWr& wr, bool& ok) {
+  std::byte* buf = m.slot_buf(seq);
+  ok = true;
+  if (buf[kEntryLocalOpcode] == std::byte{mlx5::kOpNop}) return false;
+  alignas(64) std::byte img[64];
+  const mlx5::SendRingView one{img, 1};
+  mlx5::SendWqe tmpl;
+  tmpl.ctrl.opcode = mlx5::kOpAtomicCs;
+  tmpl.num_sge = 1;
+  tmpl.sge[0] = {m.addr_of(buf + kEntryBytes + result_offset(m.n, m.pos)), 8, m.ctrl_mr->lkey()};
+  mlx5::encode_send_wqe(one, 0, tmpl);
+  apply_local(buf, img);
+  uint32_t bbs;
+  if (mlx5::decode_send_wqe(one, 0, &w, &bbs) != mlx5::WqeError::kOk) return ok = false;
+  wr = SendWr{};
+  wr.flags = rnic::kSendSignaled;
+  wr.remote_addr = w.raddr;
+  wr.rkey = w.rkey;
+  wr.sg = {w.sge, w.num_sge};
+  switch (w.ctrl.opcode) {
+    case mlx5::kOpRdmaWrite: wr.opcode = WrOpcode::kRdmaWrite; return true;
+    case mlx5::kOpRdmaRead: wr.opcode = WrOpcode::kRdmaRead; return true;
+    case mlx5::kOpAtomicCs:
+      wr.opcode = WrOpcode::kAtomicCas;
+      wr.compare_add = w.compare;
+      wr.swap = w.swap_add;
+      return true;
+    default: return ok = false;
+  }
+}
+
+// CPU mode: forwards message `seq` (after its local operation) and re-posts
+// the slot's RECV for seq + slots.
+Status cpu_forward(Member& m, uint64_t seq) {
+  std::byte* buf = m.slot_buf(seq);
+  std::byte* fwd_buf = buf + kEntryBytes;
+  if (buf[kEntryFwdOpcode] == std::byte{mlx5::kOpRdmaWrite}) {
+    alignas(64) std::byte img[64];
+    const mlx5::SendRingView one{img, 1};
+    mlx5::SendWqe tmpl, w;
+    tmpl.ctrl.opcode = mlx5::kOpRdmaWrite;
+    tmpl.num_sge = 1;
+    mlx5::encode_send_wqe(one, 0, tmpl);
+    apply_forward(buf, img);
+    uint32_t bbs;
+    if (mlx5::decode_send_wqe(one, 0, &w, &bbs) != mlx5::WqeError::kOk || w.num_sge != 1)
+      return invalid_argument("malformed forward entry");
+    SendWr wr;
+    wr.opcode = WrOpcode::kRdmaWrite;
+    wr.remote_addr = w.raddr;
+    wr.rkey = w.rkey;
+    wr.sg = {w.sge, 1};
+    HL_RETURN_IF_ERROR(m.out->post_send(wr));
+  }
+  rnic::Sge fb{m.addr_of(fwd_buf), uint32_t(forward_bytes(m.n, m.pos)), m.ctrl_mr->lkey()};
+  SendWr send;
+  send.opcode = WrOpcode::kSend;
+  send.flags = rnic::kSendSignaled;
+  send.sg = {&fb, 1};
+  HL_RETURN_IF_ERROR(m.out->post_send(send));
+  HL_RETURN_IF_ERROR(post_cpu_recv(m, seq + m.opts.slots));
+  m.armed_seq = seq + 1 + m.opts.slots;
+  return Status::ok();
+}
+
+}  // namespace
+
+// CPU forwarding, as a state machine that never blocks (so it also runs under
+// a manually stepped simulation): take a message, run its local operation,
+// and forward once that completed.
 size_t ReplicaHost::Impl::serve_cpu(Member& m) {
   rnic::WorkCompletion wc[16];
-  // Errors of the forwarded SENDs surface here.
   if (auto r = m.out_scq->poll(wc); !r.is_ok()) {
     m.broken = true;
   } else {
     for (size_t k = 0; k < *r; ++k)
       if (wc[k].status != rnic::WcStatus::kSuccess) m.broken = true;
   }
-  auto r = m.in_rcq->poll(wc);
-  if (!r.is_ok() || m.broken) {
-    m.broken = true;
-    return 0;
-  }
-  for (size_t k = 0; k < *r && !m.broken; ++k) {
-    if (wc[k].status != rnic::WcStatus::kSuccess) {
-      m.broken = true;
-      break;
-    }
-    const uint64_t seq = m.recv_seq++;
-    std::byte* buf = m.slot_buf(seq);
-    std::byte* fwd_buf = buf + kEntryBytes;
-    // Rebuild the WQEs the offload path would run, from the same entry bytes.
-    alignas(64) std::byte img[64];
-    mlx5::SendRingView one{img, 1};
-    mlx5::SendWqe w;
-    uint32_t bbs;
-    const uint32_t n = m.n, i = m.pos;
-    if (buf[kEntryLocalOpcode] != std::byte{mlx5::kOpNop}) {
-      mlx5::SendWqe tmpl;
-      tmpl.ctrl.opcode = mlx5::kOpAtomicCs;
-      tmpl.num_sge = 1;
-      tmpl.sge[0] = {m.addr_of(fwd_buf + result_offset(n, i)), 8, m.ctrl_mr->lkey()};
-      mlx5::encode_send_wqe(one, 0, tmpl);
-      apply_local(buf, img);
-      if (mlx5::decode_send_wqe(one, 0, &w, &bbs) != mlx5::WqeError::kOk) {
-        m.broken = true;
-        break;
-      }
+  size_t work = 0;
+  while (!m.broken && work < 16) {
+    if (m.local_pending) {
+      auto p = m.loop_scq->poll({wc, 1});
+      if (!p.is_ok() || (*p && wc[0].status != rnic::WcStatus::kSuccess)) m.broken = true;
+      if (m.broken || *p == 0) break;
+      m.local_pending = false;
+    } else {
+      auto r = m.in_rcq->poll({wc, 1});
+      if (!r.is_ok() || (*r && wc[0].status != rnic::WcStatus::kSuccess)) m.broken = true;
+      if (m.broken || *r == 0) break;
+      ++m.recv_seq;
+      mlx5::SendWqe w;
       SendWr wr;
-      wr.flags = rnic::kSendSignaled;
-      wr.remote_addr = w.raddr;
-      wr.rkey = w.rkey;
-      wr.sg = {w.sge, w.num_sge};
-      switch (w.ctrl.opcode) {
-        case mlx5::kOpRdmaWrite: wr.opcode = WrOpcode::kRdmaWrite; break;
-        case mlx5::kOpRdmaRead: wr.opcode = WrOpcode::kRdmaRead; break;
-        case mlx5::kOpAtomicCs:
-          wr.opcode = WrOpcode::kAtomicCas;
-          wr.compare_add = w.compare;
-          wr.swap = w.swap_add;
-          break;
-        default: m.broken = true; break;
+      bool ok;
+      if (cpu_local_wr(m, m.recv_seq - 1, w, wr, ok)) {
+        if (!m.loop->post_send(wr).is_ok()) m.broken = true;
+        m.local_pending = true;
+        continue;
       }
-      if (m.broken || !m.loop->post_send(wr).is_ok()) {
-        m.broken = true;
-        break;
-      }
-      // The forward must not overtake the local op: wait for it.
-      rnic::WorkCompletion lw;
-      for (;;) {
-        auto p = m.loop_scq->poll({&lw, 1});
-        if (!p.is_ok()) { m.broken = true; break; }
-        if (*p) {
-          if (lw.status != rnic::WcStatus::kSuccess) m.broken = true;
-          break;
-        }
-        if (stop.load(std::memory_order_relaxed)) { m.broken = true; break; }
-      }
+      if (!ok) m.broken = true;
       if (m.broken) break;
     }
-    if (buf[kEntryFwdOpcode] == std::byte{mlx5::kOpRdmaWrite}) {
-      mlx5::SendWqe tmpl;
-      tmpl.ctrl.opcode = mlx5::kOpRdmaWrite;
-      tmpl.num_sge = 1;
-      mlx5::encode_send_wqe(one, 0, tmpl);
-      apply_forward(buf, img);
-      if (mlx5::decode_send_wqe(one, 0, &w, &bbs) != mlx5::WqeError::kOk || w.num_sge != 1) {
-        m.broken = true;
-        break;
-      }
-      SendWr wr;
-      wr.opcode = WrOpcode::kRdmaWrite;
-      wr.remote_addr = w.raddr;
-      wr.rkey = w.rkey;
-      wr.sg = {w.sge, 1};
-      if (!m.out->post_send(wr).is_ok()) { m.broken = true; break; }
-    }
-    rnic::Sge fb{m.addr_of(fwd_buf), uint32_t(forward_bytes(n, i)), m.ctrl_mr->lkey()};
-    SendWr send;
-    send.opcode = WrOpcode::kSend;
-    send.flags = rnic::kSendSignaled;
-    send.sg = {&fb, 1};
-    if (!m.out->post_send(send).is_ok() || !post_cpu_recv(m, seq + m.opts.slots).is_ok()) {
+    if (!cpu_forward(m, m.recv_seq - 1).is_ok()) {
       m.broken = true;
       break;
     }
     forwarded.fetch_add(1, std::memory_order_relaxed);
-    m.armed_seq = seq + 1 + m.opts.slots;
+    ++work;
   }
   m.publish_armed();
-  return *r;
+  return work;
 }
 
 size_t ReplicaHost::Impl::serve(Member& m) {
@@ -448,7 +460,15 @@ size_t ReplicaHost::Impl::serve(Member& m) {
   return m.opts.mode == ForwardMode::kOffload ? serve_offload(m) : serve_cpu(m);
 }
 
-void ReplicaHost::Impl::run_agent() {
+size_t ReplicaHost::agent_poll() {
+  size_t work = 0;
+  std::lock_guard<std::mutex> l(impl_->mu);
+  for (auto& [id, t] : impl_->tenants)
+    if (t->member) work += impl_->serve(*t->member);
+  return work;
+}
+
+void ReplicaHost::Impl::run_agent(ReplicaHost* host) {
   if (opts.agent_cpu >= 0) {
     cpu_set_t set;
     CPU_ZERO(&set);
@@ -466,21 +486,19 @@ void ReplicaHost::Impl::run_agent() {
         parked = false;
       }
     }
-    size_t work = 0;
+    const size_t work = host->agent_poll();
     bool cpu_members = false;
     {
       std::lock_guard<std::mutex> l(mu);
-      for (auto& [id, t] : tenants) {
-        if (!t->member) continue;
-        cpu_members |= t->member->opts.mode == ForwardMode::kCpuForward;
-        work += serve(*t->member);
-      }
+      for (auto& [id, t] : tenants)
+        cpu_members |= t->member && t->member->opts.mode == ForwardMode::kCpuForward;
     }
     // Everything this thread burns counts, polling and sleeping included.
     cpu_ns.store(thread_cpu_ns() - start, std::memory_order_relaxed);
     // The offload agent is background work: it naps when idle. A forwarder
-    // is on the critical path and keeps polling.
+    // is on the critical path and keeps polling, yielding the core when idle.
     if (!work && !cpu_members) std::this_thread::sleep_for(std::chrono::microseconds(opts.idle_sleep_us));
+    else if (!work) std::this_thread::yield();
   }
 }
 
@@ -492,8 +510,10 @@ Result<std::unique_ptr<ReplicaHost>> ReplicaHost::create(rnic::Device& device, c
   impl->device = &device;
   impl->opts = options;
   auto host = std::unique_ptr<ReplicaHost>(new ReplicaHost(std::move(impl)));
-  Impl* raw = host->impl_.get();
-  raw->agent = std::thread([raw] { raw->run_agent(); });
+  if (options.agent_thread) {
+    ReplicaHost* h = host.get();
+    h->impl_->agent = std::thread([h] { h->impl_->run_agent(h); });
+  }
   return host;
 }
 
@@ -504,7 +524,7 @@ ReplicaHost::~ReplicaHost() {
     impl_->freeze_requested = false;
   }
   impl_->freeze_cv.notify_all();
-  impl_->agent.join();
+  if (impl_->agent.joinable()) impl_->agent.join();
 }
 
 rnic::Device& ReplicaHost::device() { return *impl_->device; }
@@ -526,6 +546,7 @@ Status ReplicaHost::register_tenant(uint32_t tenant, size_t region_size) {
 }
 
 void ReplicaHost::freeze() {
+  if (!impl_->agent.joinable()) return;  // no thread: nothing runs unless called
   std::unique_lock<std::mutex> fl(impl_->freeze_mu);
   impl_->freeze_requested = true;
   impl_->freeze_cv.wait(fl, [&] { return impl_->parked; });

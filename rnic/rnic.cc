@@ -2,11 +2,19 @@
 // open_device dispatch, connect_pair.
 #include "hyperloop/rnic.h"
 
+#include <time.h>
+
 #include <string>
 
 #include "hyperloop/soft_rnic.h"
 
 namespace hyperloop {
+
+uint64_t monotonic_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return uint64_t(ts.tv_sec) * 1'000'000'000ull + uint64_t(ts.tv_nsec);
+}
 
 std::string_view status_code_name(StatusCode code) {
   switch (code) {

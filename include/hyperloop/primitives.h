@@ -37,12 +37,14 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
 
 #include <boost/intrusive/list_hook.hpp>
 
+#include "hyperloop/clock.h"
 #include "hyperloop/rnic.h"
 #include "hyperloop/status.h"
 
@@ -61,6 +63,11 @@ struct GroupOptions {
   uint32_t rearm_batch = 32;       // slots the agent re-arms at a time
   size_t staging_bytes = 4 << 20;  // client buffer for gWRITE payloads in flight
   uint64_t op_timeout_ns = 500'000'000;  // a pending operation fails after this
+  // Deterministic simulation: the time source for timeouts, and a hook called
+  // on every turn of the client's waiting loops (step a ManualExecutor and the
+  // replicas' agent_poll() there). Empty: real time, no hook.
+  Clock clock;
+  std::function<void()> progress;
 };
 
 struct ReplicaHostOptions {
@@ -69,6 +76,8 @@ struct ReplicaHostOptions {
   // work; the CPU-forwarding agent is on the critical path and never sleeps
   // while it has members in kCpuForward mode.
   uint32_t idle_sleep_us = 20;
+  // false: no agent thread; the caller runs agent_poll() (deterministic simulation).
+  bool agent_thread = true;
 };
 
 // Completion state of one operation. The caller owns it; it must stay alive
@@ -170,6 +179,9 @@ class ReplicaHost {
   // agent is parked.
   void freeze();
   void thaw();
+  // One turn of the agent over every member: what the agent thread loops on.
+  // Call it yourself when created with agent_thread = false. Returns work done.
+  size_t agent_poll();
   // CPU time the agent thread has consumed (CLOCK_THREAD_CPUTIME_ID).
   uint64_t agent_cpu_ns() const;
   // Slots re-armed / messages forwarded by the agent so far.

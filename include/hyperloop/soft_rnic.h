@@ -30,6 +30,7 @@
 #include <thread>
 #include <vector>
 
+#include "hyperloop/clock.h"
 #include "hyperloop/rnic.h"
 
 namespace hyperloop::soft {
@@ -37,9 +38,8 @@ namespace hyperloop::soft {
 class Nic;
 class Executor;
 
-// Virtual or real time in nanoseconds, as the NIC sees it.
-using Clock = std::function<uint64_t()>;
-uint64_t steady_now_ns();
+using hyperloop::Clock;
+inline uint64_t steady_now_ns() { return monotonic_ns(); }
 
 struct NicOptions {
   std::string name;                    // default: "soft<uid>"
@@ -75,6 +75,11 @@ class Fabric {
   // Creates a software NIC on this fabric. It does nothing until attached to
   // an executor. The Fabric must outlive its NICs.
   Result<std::unique_ptr<Nic>> create_nic(NicOptions options = {});
+
+  // Fault: cuts (or restores) the link between two NICs, both directions.
+  // Packets sent over a cut link are lost; RC retransmission then gives up
+  // after retry_count timeouts and the QPs go to ERROR.
+  void set_link(const Nic& a, const Nic& b, bool up);
 
   struct Impl;
   Impl* impl() const { return impl_.get(); }

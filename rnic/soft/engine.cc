@@ -109,7 +109,7 @@ void Nic::Impl::transmit(SoftQp* qp, Packet* p) {
   p->dst_qpn = qp->peer_qpn;
   ++stats.packets_sent;
   Port* dst = qp->peer_port.get();
-  if (!dst || !dst->alive.load(std::memory_order_acquire)) {
+  if (!dst || !dst->alive.load(std::memory_order_acquire) || !fabric_link_up(fabric, uid, qp->peer_nic)) {
     ++stats.packets_dropped;
     free_packet(p);
     return;

@@ -19,8 +19,9 @@ void pin_to_cpu(int cpu) {
   pthread_setaffinity_np(pthread_self(), sizeof(set), &set);  // best effort
 }
 
-// Busy-polls while there is work; after a long idle stretch backs off so an
-// idle process does not burn a core (latency after idle: ~tens of us).
+// Busy-polls while there is work, yields the core when idle, and only after a
+// long idle stretch (50 ms) naps between polls, so an idle process does not
+// burn a core while an active one keeps NIC-like latency.
 class IdleBackoff {
  public:
   void on_poll(size_t work) {
@@ -28,9 +29,10 @@ class IdleBackoff {
       idle_ = 0;
       return;
     }
-    ++idle_;
-    if (idle_ < 2048) return;
-    if (idle_ < 65536) {
+    if (++idle_ < 256) return;
+    const uint64_t now = monotonic_ns();
+    if (idle_ == 256) idle_since_ = now;
+    if (now - idle_since_ < 50'000'000) {
       std::this_thread::yield();
       return;
     }
@@ -39,6 +41,7 @@ class IdleBackoff {
 
  private:
   uint64_t idle_ = 0;
+  uint64_t idle_since_ = 0;
 };
 
 }  // namespace

@@ -1,4 +1,5 @@
 // rnic/soft: the in-process wire (Fabric) and NIC creation.
+#include <set>
 #include <unordered_map>
 
 #include "nic_impl.h"
@@ -8,16 +9,26 @@ namespace hyperloop::soft {
 struct Fabric::Impl {
   std::mutex mu;
   std::unordered_map<uint64_t, std::weak_ptr<Port>> ports;
+  std::set<std::pair<uint64_t, uint64_t>> cut;  // unordered pairs, smaller uid first
+  std::atomic<size_t> cut_count{0};             // lets transmit skip the lock
 };
+
+bool fabric_link_up(Fabric::Impl* f, uint64_t a, uint64_t b) {
+  if (f->cut_count.load(std::memory_order_acquire) == 0) return true;
+  std::lock_guard<std::mutex> l(f->mu);
+  return !f->cut.count({std::min(a, b), std::max(a, b)});
+}
+
+void Fabric::set_link(const Nic& a, const Nic& b, bool up) {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  const std::pair<uint64_t, uint64_t> key{std::min(a.uid(), b.uid()), std::max(a.uid(), b.uid())};
+  if (up) impl_->cut.erase(key);
+  else impl_->cut.insert(key);
+  impl_->cut_count.store(impl_->cut.size(), std::memory_order_release);
+}
 
 namespace {
 std::atomic<uint64_t> g_next_uid{1};
-}
-
-uint64_t steady_now_ns() {
-  return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                      std::chrono::steady_clock::now().time_since_epoch())
-                      .count());
 }
 
 Port::~Port() {

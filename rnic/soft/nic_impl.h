@@ -68,6 +68,8 @@ inline constexpr uint32_t kPsnMask = 0xffffff;
 
 // The port of the NIC with this uid on the fabric, or null.
 std::shared_ptr<Port> fabric_port(Fabric::Impl* fabric, uint64_t uid);
+// False if the fabric's link between the two NICs is cut.
+bool fabric_link_up(Fabric::Impl* fabric, uint64_t a, uint64_t b);
 
 // ---- objects ------------------------------------------------------------------
 struct SoftMr final : rnic::MemoryRegion {
