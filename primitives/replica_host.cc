@@ -310,8 +310,8 @@ void internal::drop_member(ReplicaHost& host, uint32_t tenant) {
 // ---- the agent ----------------------------------------------------------------------------
 size_t ReplicaHost::Impl::serve_offload(Member& m) {
   rnic::WorkCompletion wc[32];
-  auto r = m.out_scq->poll(wc);
   size_t work = 0;
+  auto r = m.out_scq->poll(wc);
   if (!r.is_ok()) {
     m.broken = true;
     return 0;
@@ -320,11 +320,15 @@ size_t ReplicaHost::Impl::serve_offload(Member& m) {
     if (wc[k].status != rnic::WcStatus::kSuccess) m.broken = true;
     if (wc[k].opcode == rnic::WcOpcode::kSend) ++m.done_seq;
   }
-  work += *r;
+  // Taking completions is not work that keeps the agent awake: only
+  // re-arming is. Completions wait in the CQ (sized for every slot) meanwhile.
   if (m.broken) return work;
-  // Re-arm in batches; a partial batch too when the completions have dried up.
+  // Re-arm in batches of rearm_batch; a partial batch only when the armed
+  // slots ahead of the chain run low (fewer than a batch), so the client
+  // never starves and the agent's work stays amortised over a batch.
   const uint64_t free_slots = m.done_seq + m.opts.slots - m.armed_seq;
-  if (free_slots >= m.opts.rearm_batch || (free_slots > 0 && *r == 0)) {
+  const uint64_t ahead = m.armed_seq - m.done_seq;
+  if (free_slots >= m.opts.rearm_batch || (free_slots > 0 && ahead < m.opts.rearm_batch)) {
     const uint64_t upto = m.armed_seq + free_slots;
     for (uint64_t s = m.armed_seq; s < upto; ++s) rearm_slot(m, s);
     if (!ring_rearmed(m, upto).is_ok()) {
@@ -476,6 +480,7 @@ void ReplicaHost::Impl::run_agent(ReplicaHost* host) {
     pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
   }
   const uint64_t start = thread_cpu_ns();
+  uint32_t nap_us = opts.idle_sleep_us;
   while (!stop.load(std::memory_order_relaxed)) {
     {
       std::unique_lock<std::mutex> fl(freeze_mu);
@@ -497,8 +502,15 @@ void ReplicaHost::Impl::run_agent(ReplicaHost* host) {
     cpu_ns.store(thread_cpu_ns() - start, std::memory_order_relaxed);
     // The offload agent is background work: it naps when idle. A forwarder
     // is on the critical path and keeps polling, yielding the core when idle.
-    if (!work && !cpu_members) std::this_thread::sleep_for(std::chrono::microseconds(opts.idle_sleep_us));
-    else if (!work) std::this_thread::yield();
+    // Naps grow while idle (up to 10x idle_sleep_us) and shrink at once on work.
+    if (work) {
+      nap_us = opts.idle_sleep_us;
+    } else if (cpu_members) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(nap_us));
+      nap_us = std::min(nap_us * 2, opts.idle_sleep_us * 10);
+    }
   }
 }
 

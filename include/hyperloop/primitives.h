@@ -72,9 +72,9 @@ struct GroupOptions {
 
 struct ReplicaHostOptions {
   int agent_cpu = -1;              // pin the agent thread (-1: no pinning)
-  // Agent sleep when it found nothing to do. The offload agent is background
-  // work; the CPU-forwarding agent is on the critical path and never sleeps
-  // while it has members in kCpuForward mode.
+  // Agent nap when it found nothing to do, doubling while idle up to 10x.
+  // The offload agent is background work; the CPU-forwarding agent is on the
+  // critical path and never naps while it has members in kCpuForward mode.
   uint32_t idle_sleep_us = 20;
   // false: no agent thread; the caller runs agent_poll() (deterministic simulation).
   bool agent_thread = true;
