@@ -50,6 +50,7 @@ struct Member {
   uint64_t armed_seq = 0;      // slots [0, armed_seq) have been armed
   uint64_t done_seq = 0;       // slots [0, done_seq) have completed here
   uint64_t recv_seq = 0;       // CPU mode: messages taken
+  uint32_t quiet_turns = 0;    // offload: agent turns without a completion
   bool local_pending = false;  // CPU mode: message recv_seq-1 waits for its local op
   bool started = false;        // armed and serving; the agent skips it before
   std::atomic<bool> broken{false};

@@ -311,24 +311,33 @@ void internal::drop_member(ReplicaHost& host, uint32_t tenant) {
 size_t ReplicaHost::Impl::serve_offload(Member& m) {
   rnic::WorkCompletion wc[32];
   size_t work = 0;
-  auto r = m.out_scq->poll(wc);
-  if (!r.is_ok()) {
-    m.broken = true;
-    return 0;
-  }
-  for (size_t k = 0; k < *r; ++k) {
-    if (wc[k].status != rnic::WcStatus::kSuccess) m.broken = true;
-    if (wc[k].opcode == rnic::WcOpcode::kSend) ++m.done_seq;
+  // Drain: every completed slot counts before deciding what to re-arm.
+  size_t taken = 0;
+  for (;;) {
+    auto r = m.out_scq->poll(wc);
+    if (!r.is_ok()) {
+      m.broken = true;
+      return 0;
+    }
+    for (size_t k = 0; k < *r; ++k) {
+      if (wc[k].status != rnic::WcStatus::kSuccess) m.broken = true;
+      if (wc[k].opcode == rnic::WcOpcode::kSend) ++m.done_seq;
+    }
+    taken += *r;
+    if (*r < std::size(wc)) break;
   }
   // Taking completions is not work that keeps the agent awake: only
   // re-arming is. Completions wait in the CQ (sized for every slot) meanwhile.
   if (m.broken) return work;
   // Re-arm in batches of rearm_batch; a partial batch only when the armed
-  // slots ahead of the chain run low (fewer than a batch), so the client
-  // never starves and the agent's work stays amortised over a batch.
+  // slots ahead of the chain run low (fewer than a batch) or the chain has
+  // gone quiet (no completion for two turns), so the client never starves,
+  // an idle chain is fully armed, and under load the work is amortised.
+  m.quiet_turns = taken ? 0 : m.quiet_turns + 1;
   const uint64_t free_slots = m.done_seq + m.opts.slots - m.armed_seq;
   const uint64_t ahead = m.armed_seq - m.done_seq;
-  if (free_slots >= m.opts.rearm_batch || (free_slots > 0 && ahead < m.opts.rearm_batch)) {
+  if (free_slots >= m.opts.rearm_batch ||
+      (free_slots > 0 && (ahead < m.opts.rearm_batch || m.quiet_turns >= 2))) {
     const uint64_t upto = m.armed_seq + free_slots;
     for (uint64_t s = m.armed_seq; s < upto; ++s) rearm_slot(m, s);
     if (!ring_rearmed(m, upto).is_ok()) {

@@ -24,7 +24,12 @@
 //
 // Operations are asynchronous and pipelined: start one with an Op the caller
 // owns (no allocation per operation), then poll() or wait(). Operations
-// complete in issue order. When every armed slot is in use the client waits
+// complete in issue order and take effect on every replica in issue order.
+// (A gWRITE's bytes travel outside the slot order: they land on a replica
+// before its slot runs and are forwarded by reading them after. So the client
+// holds back an operation whose bytes overlap an in-flight one when exactly
+// one of the two is a gWRITE, until that one completes; everything else is
+// ordered by the slots themselves and stays pipelined.) When every armed slot is in use the client waits
 // for the agents to re-arm (backpressure); it never overwrites a slot in use.
 // If the chain breaks (a replica NIC dies, a link is cut) pending operations
 // fail with kUnavailable or kDeadlineExceeded within op_timeout, and the group
@@ -100,6 +105,9 @@ class Op : public boost::intrusive::list_base_hook<> {
   std::atomic<bool> done_{false};
   Status status_;
   bool is_cas_ = false;
+  uint8_t ranges_ = 0;       // byte ranges that order later operations
+  bool write_ranges_ = false;  // the ranges are a gWRITE's
+  uint64_t lo_[2] = {}, hi_[2] = {};
   uint32_t replicas_ = 0;
   uint64_t seq_ = 0;
   uint64_t deadline_ns_ = 0;

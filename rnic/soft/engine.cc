@@ -41,6 +41,7 @@ uint8_t nak_syndrome(NakCode c) {
 
 // ---- scheduling -------------------------------------------------------------------
 void Nic::Impl::schedule(SoftQp* qp) {
+  busy_hint.store(true, std::memory_order_relaxed);
   if (!qp->in_ready) {
     ready.push_back(*qp);
     qp->in_ready = true;
@@ -48,6 +49,7 @@ void Nic::Impl::schedule(SoftQp* qp) {
 }
 
 void Nic::Impl::arm_timer(SoftQp* qp) {
+  busy_hint.store(true, std::memory_order_relaxed);
   if (!qp->in_timer) {
     timers.push_back(*qp);
     qp->in_timer = true;
@@ -200,7 +202,7 @@ void Nic::Impl::flush_send(SoftQp* qp) {
   // Everything posted but never executed (managed queues: posted, enabled or not).
   const uint16_t posted = uint16_t(qp->sq_dbr.load(std::memory_order_acquire));
   while (qp->sq_ci != posted) {
-    SendWqe w;
+    SendWqe& w = scratch_wqe;
     uint32_t bbs = 1;
     if (decode_send_wqe(qp->sq, qp->sq_ci, &w, &bbs) != WqeError::kOk) bbs = 1;
     bbs = std::min<uint32_t>(bbs, uint16_t(posted - qp->sq_ci));
@@ -260,7 +262,7 @@ void Nic::Impl::rewind(SoftQp* qp) {
 // ---- requester ----------------------------------------------------------------------
 // Executes the WQE at sq_ci. Returns false if it must wait (WAIT, fence).
 bool Nic::Impl::execute_wqe(SoftQp* qp) {
-  SendWqe w;
+  SendWqe& w = scratch_wqe;
   uint32_t bbs = 1;
   WqeError e = decode_send_wqe(qp->sq, qp->sq_ci, &w, &bbs);
   if (e == WqeError::kOk && w.ctrl.qpn != qp->number) e = WqeError::kWrongQpn;
@@ -271,13 +273,16 @@ bool Nic::Impl::execute_wqe(SoftQp* qp) {
   const bool fenced = (w.ctrl.fm_ce_se & kCtrlFmMask) != 0;
   if (e == WqeError::kOk && fenced && qp->out_rd_atomic > 0) return false;
 
+  // Field by field: the SGE array is filled only for READs/atomics.
   Outstanding& o = qp->out_at(qp->out_tail);
-  o = Outstanding{};
+  o.remote = o.done = false;
+  o.syndrome = 0;
+  o.psn = o.byte_len = o.num_sge = 0;
   o.wqe_ci = qp->sq_ci;
   o.wqebbs = uint16_t(bbs);
   o.opcode = w.ctrl.opcode;
   o.signaled = (w.ctrl.fm_ce_se & kCtrlCeMask) >= kCtrlCqUpdate;
-  o.sent_at = now;
+  o.sent_at = 0;  // stamped when a packet leaves (remote ops only)
 
   auto consume = [&] {
     ++qp->out_tail;
@@ -367,6 +372,7 @@ bool Nic::Impl::execute_wqe(SoftQp* qp) {
       p->imm = w.ctrl.imm;
       p->solicited = w.ctrl.fm_ce_se & kCtrlSolicited;
       o.remote = true;
+      o.sent_at = time();
       o.psn = qp->next_psn;
       p->psn = o.psn;
       qp->next_psn = (qp->next_psn + 1) & kPsnMask;
@@ -400,6 +406,7 @@ bool Nic::Impl::execute_wqe(SoftQp* qp) {
       p->swap_add = w.swap_add;
       p->compare = w.compare;
       o.remote = true;
+      o.sent_at = time();
       o.psn = qp->next_psn;
       p->psn = o.psn;
       qp->next_psn = (qp->next_psn + 1) & kPsnMask;
@@ -673,7 +680,7 @@ void Nic::Impl::handle_response(SoftQp* qp, Packet* p) {
         if (qp->attr.rnr_retry != 7) --qp->rnr_left;
         rewind(qp);
         qp->block = Block::kRnr;
-        qp->rnr_until = now + opts.rnr_delay_ns;
+        qp->rnr_until = time() + opts.rnr_delay_ns;
         arm_timer(qp);
         free_packet(p);
         return;
@@ -732,13 +739,13 @@ void Nic::Impl::scan_timers() {
   for (auto it = timers.begin(); it != timers.end();) {
     SoftQp* qp = &*it;
     ++it;  // qp may leave the list below
-    if (qp->block == Block::kRnr && now >= qp->rnr_until) {
+    if (qp->block == Block::kRnr && time() >= qp->rnr_until) {
       qp->block = Block::kNone;
       schedule(qp);
     }
     if (qp->out_size()) {
       Outstanding& o = qp->out_at(qp->out_head);
-      if (o.remote && !o.done && now - o.sent_at >= opts.ack_timeout_ns) {
+      if (o.remote && !o.done && time() - o.sent_at >= opts.ack_timeout_ns) {
         if (qp->retry_left == 0) {
           fail_entry(qp, o, kSyndromeTransportRetryExc);
           retire(qp);
@@ -762,20 +769,31 @@ void Nic::Impl::scan_timers() {
 
 size_t Nic::Impl::poll_once(size_t budget) {
   if (crashed.load(std::memory_order_relaxed)) return 0;
+  // Idle fast path, without the lock: no packet, no doorbell, and the engine
+  // had nothing ready or timed when it last ran (busy_hint is raised under
+  // the lock whenever a QP is scheduled or a timer armed).
+  if (!busy_hint.load(std::memory_order_acquire) && port->queued.load(std::memory_order_acquire) == 0 &&
+      !doorbell_flag.load(std::memory_order_acquire)) {
+    return 0;
+  }
   size_t work = 0;
   {
     std::lock_guard<std::mutex> l(mu);
     if (crashed.load(std::memory_order_relaxed)) return 0;
-    now = clock();
+    now_valid = false;  // the clock is read at most once per poll, and only if needed
     ++stats.polls;
     drain_doorbells();
     work += process_inbox(budget);
-    if (!timers.empty() && now >= next_timer_scan) {
+    // Timers are coarse (rnr_delay/2 at least): look at them every 16th poll.
+    if (!timers.empty() && (stats.polls & 15) == 0 && time() >= next_timer_scan) {
       scan_timers();
-      next_timer_scan = now + std::max<uint64_t>(1000, std::min(opts.rnr_delay_ns, opts.ack_timeout_ns) / 2);
+      next_timer_scan = time() + std::max<uint64_t>(1000, std::min(opts.rnr_delay_ns, opts.ack_timeout_ns) / 2);
     }
+    // QPs woken during this poll (a WAIT satisfied, a SEND_EN) run in it too,
+    // so a replica forwards within one poll. Visits are bounded in case a QP
+    // keeps re-queueing itself without work.
     size_t wqes = 0;
-    size_t visits = ready.size();
+    size_t visits = ready.size() + 4 * budget;
     while (wqes < budget && visits-- && !ready.empty()) {
       SoftQp* qp = &ready.front();
       ready.pop_front();
@@ -785,6 +803,7 @@ size_t Nic::Impl::poll_once(size_t budget) {
     work += wqes;
     for (SoftQp* v : overrun_victims) enter_error(v);
     overrun_victims.clear();
+    busy_hint.store(!ready.empty() || !timers.empty(), std::memory_order_release);
   }
   if (ctrl_waiting.load(std::memory_order_relaxed) > 0) std::this_thread::yield();
   return work;

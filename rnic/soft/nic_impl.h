@@ -34,6 +34,28 @@ struct SoftMr;
 enum class PacketType : uint8_t { kWrite, kSend, kRead, kAtomic, kAck, kNak, kReadResp, kAtomicResp };
 enum class NakCode : uint8_t { kRnr, kRemoteAccess, kInvalidRequest, kRemoteOp };
 
+// A packet's payload: capacity kept across reuse, no zero-fill on resize
+// (every byte is written before it is read).
+class Payload {
+ public:
+  std::byte* data() { return buf_.get(); }
+  const std::byte* data() const { return buf_.get(); }
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  void clear() { size_ = 0; }
+  void resize(size_t n) {
+    if (n > cap_) {
+      buf_.reset(new std::byte[n]);
+      cap_ = n;
+    }
+    size_ = n;
+  }
+
+ private:
+  std::unique_ptr<std::byte[]> buf_;
+  size_t size_ = 0, cap_ = 0;
+};
+
 struct Packet : bi::slist_base_hook<> {
   PacketType type = PacketType::kAck;
   NakCode nak = NakCode::kRnr;
@@ -50,7 +72,7 @@ struct Packet : bi::slist_base_hook<> {
   uint64_t compare = 0;
   uint64_t result = 0;       // atomic response
   uint32_t imm = 0;          // raw (network order)
-  std::vector<std::byte> payload;  // capacity kept across reuse
+  Payload payload;
 };
 using PacketList = bi::slist<Packet, bi::cache_last<true>, bi::constant_time_size<false>>;
 
@@ -243,7 +265,8 @@ struct Nic::Impl {
   mutable std::mutex mu;                   // engine + tables
   std::atomic<int> ctrl_waiting{0};        // control calls waiting for mu
   std::atomic<bool> crashed{false};
-  std::atomic<uint64_t> app_calls{0};
+  alignas(64) std::atomic<uint64_t> app_calls{0};  // own cache line: bumped by app threads
+  alignas(64) char app_calls_pad_[1] = {};
 
   std::vector<SoftQp*> qps;                // index = qpn - 1
   std::unique_ptr<std::atomic<SoftQp*>[]> qp_lookup;  // index = qpn - 1; lock-free read for CQ poll
@@ -257,11 +280,21 @@ struct Nic::Impl {
   std::mutex doorbell_mu;
   std::vector<SoftQp*> doorbells;          // guarded by doorbell_mu
   std::atomic<bool> doorbell_flag{false};  // doorbells is non-empty
+  std::atomic<bool> busy_hint{true};       // ready or timers may be non-empty
   std::vector<SoftQp*> overrun_victims;    // QPs whose CQ overran this poll
 
   PacketList pool;
+  mlx5::SendWqe scratch_wqe;  // decode target, reused (it holds 16 SGEs)
   NicStats stats;
   uint64_t now = 0;
+  bool now_valid = false;
+  uint64_t time() {
+    if (!now_valid) {
+      now = clock();
+      now_valid = true;
+    }
+    return now;
+  }
   uint64_t next_timer_scan = 0;
 
   Impl();
