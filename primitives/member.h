@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "chain_format.h"
+#include "hyperloop/pmem.h"
 #include "hyperloop/primitives.h"
 #include "hyperloop/rnic.h"
 
@@ -67,7 +68,8 @@ struct Tenant {
   uint32_t id = 0;
   size_t region_size = 0;
   std::unique_ptr<rnic::ProtectionDomain> pd;
-  std::vector<std::byte> region_storage;
+  std::vector<std::byte> region_storage;         // DRAM region
+  std::unique_ptr<PersistentMemory> pmem;        // or a persistent one
   std::byte* region = nullptr;
   std::unique_ptr<rnic::MemoryRegion> region_mr;
   std::unique_ptr<Member> member;  // the active chain position, if any

@@ -550,7 +550,7 @@ ReplicaHost::~ReplicaHost() {
 
 rnic::Device& ReplicaHost::device() { return *impl_->device; }
 
-Status ReplicaHost::register_tenant(uint32_t tenant, size_t region_size) {
+Status ReplicaHost::register_tenant(uint32_t tenant, size_t region_size, const std::string& pmem_path) {
   if (region_size == 0 || region_size % 8) return invalid_argument("region_size must be a positive multiple of 8");
   std::lock_guard<std::mutex> l(impl_->mu);
   if (impl_->tenants.count(tenant))
@@ -559,11 +559,22 @@ Status ReplicaHost::register_tenant(uint32_t tenant, size_t region_size) {
   t->id = tenant;
   t->region_size = region_size;
   HL_ASSIGN_OR_RETURN(t->pd, impl_->device->alloc_pd());
-  t->region_storage.assign(region_size + 64, std::byte{0});
-  t->region = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(t->region_storage.data()) + 63) & ~uintptr_t{63});
+  if (!pmem_path.empty()) {
+    HL_ASSIGN_OR_RETURN(t->pmem, PersistentMemory::open(pmem_path, region_size));
+    t->region = t->pmem->data();
+  } else {
+    t->region_storage.assign(region_size + 64, std::byte{0});
+    t->region = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(t->region_storage.data()) + 63) & ~uintptr_t{63});
+  }
   HL_ASSIGN_OR_RETURN(t->region_mr, t->pd->register_memory(t->region, region_size, rnic::kAccessAll));
   impl_->tenants[tenant] = std::move(t);
   return Status::ok();
+}
+
+void ReplicaHost::power_fail() {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  for (auto& [id, t] : impl_->tenants)
+    if (t->pmem) t->pmem->power_fail();
 }
 
 void ReplicaHost::freeze() {

@@ -45,6 +45,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include <boost/intrusive/list_hook.hpp>
@@ -176,11 +177,18 @@ class ReplicaHost {
 
   rnic::Device& device();
 
-  // Registers a tenant: a protection domain and a zeroed region of
-  // region_size bytes on this host. A Group for the tenant needs it registered,
-  // with the same size, on every replica of its chain. Errors: kAlreadyExists,
-  // kInvalidArgument, device errors.
-  Status register_tenant(uint32_t tenant, size_t region_size);
+  // Registers a tenant: a protection domain and a region of region_size bytes
+  // on this host. A Group for the tenant needs it registered, with the same
+  // size, on every replica of its chain. With pmem_path the region is a
+  // PersistentMemory over that file (created zero-filled if missing, found
+  // again after a restart; durability as in hyperloop/pmem.h); without it,
+  // zeroed DRAM. Errors: kAlreadyExists, kInvalidArgument, PersistentMemory's
+  // errors, device errors.
+  Status register_tenant(uint32_t tenant, size_t region_size, const std::string& pmem_path = {});
+
+  // Fault: this host loses power. Every persistent region drops what was not
+  // made durable (pair it with soft::Nic::crash() of the host's NIC).
+  void power_fail();
 
   // Stops / restarts the host's application threads (the agent): for tests
   // that prove the NICs alone carry operations. freeze() returns once the

@@ -474,8 +474,11 @@ void Nic::Impl::handle_request(SoftQp* qp, Packet* p) {
     if (!mr || !(mr->acc & need) || !(qp->remote_access & need) || !mr->covers(p->raddr, len)) return nullptr;
     return mr;
   };
+  // Serving a READ is the durability point: what this NIC wrote before is
+  // persisted before the response leaves (the read-after-write flush).
   auto read_into_payload = [&]() -> bool {
     if (p->length && !remote_mr(rnic::kAccessRemoteRead, p->length)) return false;
+    persist_written();
     p->payload.resize(p->length);
     if (p->length) std::memcpy(p->payload.data(), reinterpret_cast<const void*>(p->raddr), p->length);
     return true;
@@ -521,8 +524,12 @@ void Nic::Impl::handle_request(SoftQp* qp, Packet* p) {
         ++stats.rnr_naks;
         return responder_error(qp, p, NakCode::kRnr);
       }
-      if (len && !remote_mr(rnic::kAccessRemoteWrite, len)) return responder_error(qp, p, NakCode::kRemoteAccess);
-      if (len) std::memcpy(reinterpret_cast<void*>(p->raddr), p->payload.data(), len);
+      SoftMr* mr = len ? remote_mr(rnic::kAccessRemoteWrite, len) : nullptr;
+      if (len && !mr) return responder_error(qp, p, NakCode::kRemoteAccess);
+      if (len) {
+        std::memcpy(reinterpret_cast<void*>(p->raddr), p->payload.data(), len);
+        wrote(mr, p->raddr, len);
+      }
       if (imm) {
         uint16_t idx;
         take_recv_wqe(qp, &idx);
@@ -553,9 +560,10 @@ void Nic::Impl::handle_request(SoftQp* qp, Packet* p) {
       f.wqe_counter = idx;
       uint64_t capacity = 0;
       bool prot = false;
+      SoftMr* mrs[kMaxSge];
       for (uint32_t i = 0; i < n; ++i) {
         const uint64_t len = data_seg_length(sges[i].length);
-        SoftMr* mr = mr_for(sges[i].lkey, qp->pd);
+        SoftMr* mr = mrs[i] = mr_for(sges[i].lkey, qp->pd);
         if (!mr || !(mr->acc & rnic::kAccessLocalWrite) || !mr->covers(sges[i].addr, len)) prot = true;
         capacity += len;
       }
@@ -570,6 +578,7 @@ void Nic::Impl::handle_request(SoftQp* qp, Packet* p) {
       for (uint32_t i = 0; i < n && off < len; ++i) {
         const uint64_t chunk = std::min<uint64_t>(data_seg_length(sges[i].length), len - off);
         std::memcpy(reinterpret_cast<void*>(sges[i].addr), p->payload.data() + off, chunk);
+        wrote(mrs[i], sges[i].addr, chunk);
         off += chunk;
       }
       f.opcode = p->opcode == kOpSendImm ? kCqeRespSendImm : kCqeRespSend;
@@ -589,7 +598,8 @@ void Nic::Impl::handle_request(SoftQp* qp, Packet* p) {
     }
     case PacketType::kAtomic: {
       if (p->raddr % 8) return responder_error(qp, p, NakCode::kInvalidRequest);
-      if (!remote_mr(rnic::kAccessRemoteAtomic, 8)) return responder_error(qp, p, NakCode::kRemoteAccess);
+      SoftMr* amr = remote_mr(rnic::kAccessRemoteAtomic, 8);
+      if (!amr) return responder_error(qp, p, NakCode::kRemoteAccess);
       std::atomic_ref<uint64_t> word(*reinterpret_cast<uint64_t*>(p->raddr));
       uint64_t old;
       if (p->opcode == kOpAtomicCs) {
@@ -598,6 +608,7 @@ void Nic::Impl::handle_request(SoftQp* qp, Packet* p) {
       } else {
         old = word.fetch_add(p->swap_add, std::memory_order_acq_rel);
       }
+      wrote(amr, p->raddr, 8);
       auto& slot = qp->atomic_replies[p->psn % qp->atomic_replies.size()];
       slot = {p->psn, old, true};
       p->result = old;
@@ -633,6 +644,7 @@ void Nic::Impl::handle_response(SoftQp* qp, Packet* p) {
       SoftMr* mr = mr_for(o.sge[i].lkey, qp->pd);
       if (!mr || !(mr->acc & rnic::kAccessLocalWrite) || !mr->covers(o.sge[i].addr, n)) return false;
       std::memcpy(reinterpret_cast<void*>(o.sge[i].addr), src + off, n);
+      wrote(mr, o.sge[i].addr, n);
       off += n;
     }
     return true;

@@ -108,6 +108,7 @@ Result<std::unique_ptr<rnic::MemoryRegion>> SoftPd::register_memory(void* addr, 
   mr->acc = access;
   mr->index = idx;
   // The low byte changes on every registration so a stale key never matches.
+  mr->pmem = PersistentMemory::containing(addr, length);
   mr->key = (idx << 8) | nic->key_tag;
   nic->key_tag = uint8_t(nic->key_tag * 5 + 3);
   nic->mrs[idx] = mr.get();
@@ -116,6 +117,8 @@ Result<std::unique_ptr<rnic::MemoryRegion>> SoftPd::register_memory(void* addr, 
 
 SoftMr::~SoftMr() {
   auto l = nic->ctrl_lock();
+  // Whatever this NIC wrote stays in the view (undurable) if no READ came.
+  if (pmem) std::erase(nic->dirty_pmems, pmem);
   if (index < nic->mrs.size() && nic->mrs[index] == this) nic->mrs[index] = nullptr;
 }
 

@@ -7,6 +7,7 @@
 // CQ ring itself (published CQE by CQE through op_own).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <boost/intrusive/list.hpp>
@@ -17,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "hyperloop/pmem.h"
 #include "hyperloop/soft_rnic.h"
 #include "ring_queue.h"
 
@@ -102,6 +104,7 @@ struct SoftMr final : rnic::MemoryRegion {
   uint32_t key = 0;  // lkey == rkey
   uint32_t acc = 0;
   uint32_t index = 0;
+  PersistentMemory* pmem = nullptr;  // the persistent region this MR lies in, if any
   ~SoftMr() override;
   std::byte* addr() const override { return base; }
   size_t length() const override { return len; }
@@ -282,6 +285,7 @@ struct Nic::Impl {
   std::atomic<bool> doorbell_flag{false};  // doorbells is non-empty
   std::atomic<bool> busy_hint{true};       // ready or timers may be non-empty
   std::vector<SoftQp*> overrun_victims;    // QPs whose CQ overran this poll
+  std::vector<PersistentMemory*> dirty_pmems;  // written by this NIC since its last READ served
 
   PacketList pool;
   mlx5::SendWqe scratch_wqe;  // decode target, reused (it holds 16 SGEs)
@@ -321,6 +325,19 @@ struct Nic::Impl {
     if (idx >= mrs.size()) return nullptr;
     SoftMr* mr = mrs[idx];
     return (mr && mr->key == key && mr->pd == pd) ? mr : nullptr;
+  }
+
+  // The NIC wrote [addr, addr+len) of mr: not durable until a READ is served.
+  void wrote(const SoftMr* mr, uint64_t addr, uint64_t len) {
+    if (!mr->pmem || len == 0) return;
+    mr->pmem->mark_dirty(addr - reinterpret_cast<uint64_t>(mr->pmem->data()), len);
+    if (std::find(dirty_pmems.begin(), dirty_pmems.end(), mr->pmem) == dirty_pmems.end())
+      dirty_pmems.push_back(mr->pmem);
+  }
+  // Before a READ response leaves: everything this NIC wrote becomes durable.
+  void persist_written() {
+    for (PersistentMemory* pm : dirty_pmems) pm->persist_dirty();
+    dirty_pmems.clear();
   }
 
   // engine.cc
