@@ -23,6 +23,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -80,6 +81,20 @@ class Fabric {
   // Packets sent over a cut link are lost; RC retransmission then gives up
   // after retry_count timeouts and the QPs go to ERROR.
   void set_link(const Nic& a, const Nic& b, bool up);
+
+  // Fault: a lossy or slow link between two NICs, both directions. Each
+  // packet is dropped with probability `drop` (drawn from the fabric's seeded
+  // generator, so a deterministic run drops the same packets) and otherwise
+  // delivered `delay_ns` after it was sent (sender's clock). Delayed packets
+  // keep their order; a NIC takes inbound packets in arrival order, so a
+  // delayed packet also holds back those queued behind it. {0, 0} restores.
+  struct LinkFaults {
+    double drop = 0;
+    uint64_t delay_ns = 0;
+  };
+  void set_link_faults(const Nic& a, const Nic& b, LinkFaults faults);
+  // Seeds the generator behind packet drops.
+  void seed(uint64_t seed);
 
   struct Impl;
   Impl* impl() const { return impl_.get(); }
@@ -197,14 +212,49 @@ class ManualExecutor final : public Executor {
   bool run_until_idle(uint64_t max_steps = 10'000'000);
   // Advances virtual time without stepping (e.g. to let a timer fire).
   void advance_time(uint64_t ns) { now_ += ns; }
+  // Runs `action` just before step number `step` (0-based; actions for a
+  // step already taken run before the next step). Fault plans use this.
+  void at_step(uint64_t step, std::function<void()> action);
 
  private:
+  void run_due_actions();
+  std::multimap<uint64_t, std::function<void()>> actions_;
   uint64_t seed_;
   uint64_t ns_per_step_;
   std::mt19937_64 rng_;
   uint64_t now_ = 1;
   uint64_t steps_ = 0;
   std::vector<Nic*> nics_;
+};
+
+// A seeded fault plan over a ManualExecutor: faults at chosen steps, or a
+// random plan drawn from a seed, so a failing run is replayed by its seed
+// alone. Every fault is logged (describe()) as it is planned.
+class FaultPlan {
+ public:
+  FaultPlan(Fabric& fabric, ManualExecutor& executor) : fabric_(fabric), ex_(executor) {}
+
+  void crash(uint64_t step, Nic& nic);
+  void cut(uint64_t step, Nic& a, Nic& b);
+  void heal(uint64_t step, Nic& a, Nic& b);
+  void link_faults(uint64_t step, Nic& a, Nic& b, Fabric::LinkFaults faults);
+  // Any action: e.g. power-failing a host's persistent regions.
+  void custom(uint64_t step, std::string what, std::function<void()> action);
+
+  // Draws `count` faults over steps [first, last) from `seed`: lossy or slow
+  // links, cuts (healed a while later) and NIC crashes among `nics`, at most
+  // `max_crashes` crashes. power_fail (optional) is called with a NIC index to
+  // power-fail that host; it is drawn like a crash.
+  void random(uint64_t seed, uint64_t first, uint64_t last, size_t count, std::vector<Nic*> nics,
+              size_t max_crashes = 1, std::function<void(size_t)> power_fail = {});
+
+  const std::string& describe() const { return log_; }
+
+ private:
+  void note(uint64_t step, const std::string& what);
+  Fabric& fabric_;
+  ManualExecutor& ex_;
+  std::string log_;
 };
 
 }  // namespace hyperloop::soft

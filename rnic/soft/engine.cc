@@ -111,7 +111,8 @@ void Nic::Impl::transmit(SoftQp* qp, Packet* p) {
   p->dst_qpn = qp->peer_qpn;
   ++stats.packets_sent;
   Port* dst = qp->peer_port.get();
-  if (!dst || !dst->alive.load(std::memory_order_acquire) || !fabric_link_up(fabric, uid, qp->peer_nic)) {
+  if (!dst || !dst->alive.load(std::memory_order_acquire) ||
+      !fabric_admit(fabric, uid, qp->peer_nic, time(), &p->deliver_at)) {
     ++stats.packets_dropped;
     free_packet(p);
     return;
@@ -715,6 +716,7 @@ size_t Nic::Impl::process_inbox(size_t budget) {
     std::lock_guard<std::mutex> l(port->mu);
     while (n < budget && !port->inbox.empty()) {
       Packet& p = port->inbox.front();
+      if (p.deliver_at && p.deliver_at > time()) break;  // a delayed link: not yet
       port->inbox.pop_front();
       batch.push_back(p);
       ++n;

@@ -166,7 +166,20 @@ void ManualExecutor::remove(Nic& nic) {
   set_executor(nic, nullptr);
 }
 
+void ManualExecutor::at_step(uint64_t step, std::function<void()> action) {
+  actions_.emplace(step, std::move(action));
+}
+
+void ManualExecutor::run_due_actions() {
+  while (!actions_.empty() && actions_.begin()->first <= steps_) {
+    auto action = std::move(actions_.begin()->second);
+    actions_.erase(actions_.begin());
+    action();
+  }
+}
+
 size_t ManualExecutor::step() {
+  if (!actions_.empty()) run_due_actions();
   now_ += ns_per_step_;
   ++steps_;
   if (nics_.empty()) return 0;
@@ -193,6 +206,78 @@ bool ManualExecutor::run_until_idle(uint64_t max_steps) {
     step();
   }
   return all_idle();
+}
+
+}  // namespace hyperloop::soft
+
+namespace hyperloop::soft {
+
+// ---- FaultPlan -------------------------------------------------------------------------
+void FaultPlan::note(uint64_t step, const std::string& what) {
+  log_ += "step " + std::to_string(step) + ": " + what + "\n";
+}
+
+void FaultPlan::crash(uint64_t step, Nic& nic) {
+  note(step, "crash " + nic.name());
+  ex_.at_step(step, [&nic] { nic.crash(); });
+}
+
+void FaultPlan::cut(uint64_t step, Nic& a, Nic& b) {
+  note(step, "cut " + a.name() + " <-> " + b.name());
+  ex_.at_step(step, [this, &a, &b] { fabric_.set_link(a, b, false); });
+}
+
+void FaultPlan::heal(uint64_t step, Nic& a, Nic& b) {
+  note(step, "heal " + a.name() + " <-> " + b.name());
+  ex_.at_step(step, [this, &a, &b] { fabric_.set_link(a, b, true); });
+}
+
+void FaultPlan::link_faults(uint64_t step, Nic& a, Nic& b, Fabric::LinkFaults f) {
+  note(step, "link " + a.name() + " <-> " + b.name() + ": drop " + std::to_string(f.drop) + ", delay " +
+                 std::to_string(f.delay_ns) + " ns");
+  ex_.at_step(step, [this, &a, &b, f] { fabric_.set_link_faults(a, b, f); });
+}
+
+void FaultPlan::custom(uint64_t step, std::string what, std::function<void()> action) {
+  note(step, what);
+  ex_.at_step(step, std::move(action));
+}
+
+void FaultPlan::random(uint64_t seed, uint64_t first, uint64_t last, size_t count, std::vector<Nic*> nics,
+                       size_t max_crashes, std::function<void(size_t)> power_fail) {
+  if (nics.size() < 2 || last <= first) return;
+  std::mt19937_64 rng(seed);
+  auto pick = [&](uint64_t n) { return rng() % n; };
+  size_t crashes = 0;
+  for (size_t k = 0; k < count; ++k) {
+    const uint64_t step = first + pick(last - first);
+    const size_t a = pick(nics.size());
+    size_t b = pick(nics.size() - 1);
+    if (b >= a) ++b;
+    switch (pick(4)) {
+      case 0:
+        link_faults(step, *nics[a], *nics[b], {double(pick(30)) / 100.0, 0});
+        link_faults(step + 1 + pick(20000), *nics[a], *nics[b], {0, 0});
+        break;
+      case 1:
+        link_faults(step, *nics[a], *nics[b], {0, 1000 * (1 + pick(50))});
+        link_faults(step + 1 + pick(20000), *nics[a], *nics[b], {0, 0});
+        break;
+      case 2:
+        cut(step, *nics[a], *nics[b]);
+        heal(step + 1 + pick(50000), *nics[a], *nics[b]);
+        break;
+      default:
+        if (crashes >= max_crashes) break;
+        ++crashes;
+        if (power_fail && pick(2)) {
+          custom(step, "power failure of host " + std::to_string(a), [power_fail, a] { power_fail(a); });
+        } else {
+          crash(step, *nics[a]);
+        }
+        break;
+    }
+  }
 }
 
 }  // namespace hyperloop::soft

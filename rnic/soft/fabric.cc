@@ -1,4 +1,6 @@
 // rnic/soft: the in-process wire (Fabric) and NIC creation.
+#include <map>
+#include <random>
 #include <set>
 #include <unordered_map>
 
@@ -9,22 +11,48 @@ namespace hyperloop::soft {
 struct Fabric::Impl {
   std::mutex mu;
   std::unordered_map<uint64_t, std::weak_ptr<Port>> ports;
-  std::set<std::pair<uint64_t, uint64_t>> cut;  // unordered pairs, smaller uid first
-  std::atomic<size_t> cut_count{0};             // lets transmit skip the lock
+  // Faults by unordered NIC pair (smaller uid first).
+  std::set<std::pair<uint64_t, uint64_t>> cut;
+  std::map<std::pair<uint64_t, uint64_t>, Fabric::LinkFaults> lossy;
+  std::mt19937_64 rng{0x5eed};
+  std::atomic<size_t> fault_count{0};  // lets transmit skip the lock when there are none
+  void recount() { fault_count.store(cut.size() + lossy.size(), std::memory_order_release); }
 };
 
-bool fabric_link_up(Fabric::Impl* f, uint64_t a, uint64_t b) {
-  if (f->cut_count.load(std::memory_order_acquire) == 0) return true;
+namespace {
+std::pair<uint64_t, uint64_t> link_key(uint64_t a, uint64_t b) { return {std::min(a, b), std::max(a, b)}; }
+}  // namespace
+
+bool fabric_admit(Fabric::Impl* f, uint64_t a, uint64_t b, uint64_t now, uint64_t* deliver_at) {
+  *deliver_at = 0;
+  if (f->fault_count.load(std::memory_order_acquire) == 0) return true;
   std::lock_guard<std::mutex> l(f->mu);
-  return !f->cut.count({std::min(a, b), std::max(a, b)});
+  const auto key = link_key(a, b);
+  if (f->cut.count(key)) return false;
+  auto it = f->lossy.find(key);
+  if (it == f->lossy.end()) return true;
+  if (it->second.drop > 0 && std::uniform_real_distribution<double>(0, 1)(f->rng) < it->second.drop) return false;
+  if (it->second.delay_ns) *deliver_at = now + it->second.delay_ns;
+  return true;
 }
 
 void Fabric::set_link(const Nic& a, const Nic& b, bool up) {
   std::lock_guard<std::mutex> l(impl_->mu);
-  const std::pair<uint64_t, uint64_t> key{std::min(a.uid(), b.uid()), std::max(a.uid(), b.uid())};
-  if (up) impl_->cut.erase(key);
-  else impl_->cut.insert(key);
-  impl_->cut_count.store(impl_->cut.size(), std::memory_order_release);
+  if (up) impl_->cut.erase(link_key(a.uid(), b.uid()));
+  else impl_->cut.insert(link_key(a.uid(), b.uid()));
+  impl_->recount();
+}
+
+void Fabric::set_link_faults(const Nic& a, const Nic& b, LinkFaults faults) {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  if (faults.drop <= 0 && faults.delay_ns == 0) impl_->lossy.erase(link_key(a.uid(), b.uid()));
+  else impl_->lossy[link_key(a.uid(), b.uid())] = faults;
+  impl_->recount();
+}
+
+void Fabric::seed(uint64_t seed) {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  impl_->rng.seed(seed);
 }
 
 namespace {

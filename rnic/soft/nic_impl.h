@@ -74,6 +74,7 @@ struct Packet : bi::slist_base_hook<> {
   uint64_t compare = 0;
   uint64_t result = 0;       // atomic response
   uint32_t imm = 0;          // raw (network order)
+  uint64_t deliver_at = 0;   // link delay: not before this time
   Payload payload;
 };
 using PacketList = bi::slist<Packet, bi::cache_last<true>, bi::constant_time_size<false>>;
@@ -92,8 +93,9 @@ inline constexpr uint32_t kPsnMask = 0xffffff;
 
 // The port of the NIC with this uid on the fabric, or null.
 std::shared_ptr<Port> fabric_port(Fabric::Impl* fabric, uint64_t uid);
-// False if the fabric's link between the two NICs is cut.
-bool fabric_link_up(Fabric::Impl* fabric, uint64_t a, uint64_t b);
+// Link faults between NICs a and b: false if the packet is lost; otherwise
+// *deliver_at is when it may be taken (0: at once).
+bool fabric_admit(Fabric::Impl* fabric, uint64_t a, uint64_t b, uint64_t now, uint64_t* deliver_at);
 
 // ---- objects ------------------------------------------------------------------
 struct SoftMr final : rnic::MemoryRegion {
