@@ -96,6 +96,15 @@ class Fabric {
   // Seeds the generator behind packet drops.
   void seed(uint64_t seed);
 
+  // The TCP wire: makes this fabric's NICs reachable from other fabrics (other
+  // processes or hosts) at ipv4:port (port 0: any free port; returns the
+  // port). QP addresses then carry the endpoint, and a QP of another fabric
+  // connects to them as to a local one. A dead peer process looks like a cut
+  // link: its QPs' peers fail after their retry timeouts. IPv4 only.
+  // Errors: kInvalidArgument (not a concrete IPv4 address), kUnavailable
+  // (port in use, no such local address), kAlreadyExists (already listening).
+  Result<uint16_t> listen(const std::string& ipv4, uint16_t port = 0);
+
   struct Impl;
   Impl* impl() const { return impl_.get(); }
 

@@ -117,6 +117,11 @@ void Nic::Impl::transmit(SoftQp* qp, Packet* p) {
     free_packet(p);
     return;
   }
+  if (dst->link) {  // a NIC of another fabric: over TCP (a dead link loses it)
+    if (!tcp_send(*dst->link, *p, dst->uid)) ++stats.packets_dropped;
+    free_packet(p);
+    return;
+  }
   std::lock_guard<std::mutex> l(dst->mu);
   dst->inbox.push_back(*p);
   dst->queued.fetch_add(1, std::memory_order_release);

@@ -4,20 +4,9 @@
 #include <set>
 #include <unordered_map>
 
-#include "nic_impl.h"
+#include "fabric_impl.h"
 
 namespace hyperloop::soft {
-
-struct Fabric::Impl {
-  std::mutex mu;
-  std::unordered_map<uint64_t, std::weak_ptr<Port>> ports;
-  // Faults by unordered NIC pair (smaller uid first).
-  std::set<std::pair<uint64_t, uint64_t>> cut;
-  std::map<std::pair<uint64_t, uint64_t>, Fabric::LinkFaults> lossy;
-  std::mt19937_64 rng{0x5eed};
-  std::atomic<size_t> fault_count{0};  // lets transmit skip the lock when there are none
-  void recount() { fault_count.store(cut.size() + lossy.size(), std::memory_order_release); }
-};
 
 namespace {
 std::pair<uint64_t, uint64_t> link_key(uint64_t a, uint64_t b) { return {std::min(a, b), std::max(a, b)}; }
@@ -56,7 +45,13 @@ void Fabric::seed(uint64_t seed) {
 }
 
 namespace {
-std::atomic<uint64_t> g_next_uid{1};
+// NIC uids are unique across processes too (they travel in QP addresses):
+// a random per-process prefix and a counter.
+uint64_t next_uid() {
+  static const uint64_t prefix = (uint64_t(std::random_device{}()) << 32);
+  static std::atomic<uint64_t> counter{1};
+  return prefix | counter.fetch_add(1);
+}
 }
 
 Port::~Port() {
@@ -67,16 +62,10 @@ Port::~Port() {
   }
 }
 
-std::shared_ptr<Port> fabric_port(Fabric::Impl* fabric, uint64_t uid) {
-  std::lock_guard<std::mutex> l(fabric->mu);
-  auto it = fabric->ports.find(uid);
-  if (it == fabric->ports.end()) return nullptr;
-  auto port = it->second.lock();
-  return port && port->alive.load() ? port : nullptr;
+Fabric::Fabric() : impl_(std::make_unique<Impl>()) {
+  impl_->id = (uint64_t(std::random_device{}()) << 32) | std::random_device{}();
 }
-
-Fabric::Fabric() : impl_(std::make_unique<Impl>()) {}
-Fabric::~Fabric() = default;
+Fabric::~Fabric() { tcp_shutdown(impl_.get()); }
 
 Result<std::unique_ptr<Nic>> Fabric::create_nic(NicOptions options) {
   if (options.max_qp == 0 || options.max_cq == 0 || options.max_mr < 2)
@@ -86,8 +75,8 @@ Result<std::unique_ptr<Nic>> Fabric::create_nic(NicOptions options) {
   auto impl = std::make_unique<Nic::Impl>();
   impl->fabric = impl_.get();
   impl->opts = options;
-  impl->uid = g_next_uid.fetch_add(1);
-  impl->name = options.name.empty() ? "soft" + std::to_string(impl->uid) : options.name;
+  impl->uid = next_uid();
+  impl->name = options.name.empty() ? "soft" + std::to_string(impl->uid & 0xffffffff) : options.name;
   auto& c = impl->caps;
   c.name = impl->name;
   c.backend = "soft";

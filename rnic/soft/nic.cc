@@ -9,10 +9,6 @@ namespace hyperloop::soft {
 using rnic::QpState;
 using namespace hyperloop::rnic::internal;
 
-namespace {
-constexpr uint32_t kAddrMagic = 0x484c5357;  // "HLSW": a soft RNIC QP address
-}
-
 // ---- Nic ------------------------------------------------------------------------
 Nic::Impl::Impl() : clock(steady_now_ns) {}
 
@@ -210,13 +206,11 @@ SoftQp::~SoftQp() {
 }
 
 rnic::QpAddress SoftQp::address() const {
-  rnic::QpAddress a;
-  const uint32_t magic = kAddrMagic;
-  std::memcpy(a.bytes.data(), &magic, 4);
-  std::memcpy(a.bytes.data() + 4, &nic->uid, 8);
-  std::memcpy(a.bytes.data() + 12, &number, 4);
-  a.size = 16;
-  return a;
+  PeerAddress a;
+  fabric_identity(nic->fabric, &a.fabric_id, &a.ipv4, &a.port);
+  a.nic_uid = nic->uid;
+  a.qpn = number;
+  return encode_address(a);
 }
 
 Status SoftQp::init(uint32_t access) {
@@ -229,19 +223,13 @@ Status SoftQp::init(uint32_t access) {
 }
 
 Status SoftQp::connect(const rnic::QpAddress& remote) {
-  uint32_t magic = 0, qpn = 0;
-  uint64_t uid = 0;
-  if (remote.size != 16) return invalid_argument("not a soft RNIC QP address");
-  std::memcpy(&magic, remote.bytes.data(), 4);
-  std::memcpy(&uid, remote.bytes.data() + 4, 8);
-  std::memcpy(&qpn, remote.bytes.data() + 12, 4);
-  if (magic != kAddrMagic) return invalid_argument("not a soft RNIC QP address");
-  std::shared_ptr<Port> port = fabric_port(nic->fabric, uid);
-  if (!port) return not_found("no soft NIC with that address on this fabric");
+  PeerAddress peer;
+  if (!decode_address(remote, &peer)) return invalid_argument("not a soft RNIC QP address");
+  HL_ASSIGN_OR_RETURN(std::shared_ptr<Port> port, fabric_peer_port(nic->fabric, peer));
   auto l = nic->ctrl_lock();
   if (state() != QpState::kInit) return failed_precondition("connect needs a QP in INIT");
-  peer_nic = uid;
-  peer_qpn = qpn;
+  peer_nic = peer.nic_uid;
+  peer_qpn = peer.qpn;
   peer_port = std::move(port);
   expected_psn = 0;
   next_psn = 0;

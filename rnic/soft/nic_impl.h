@@ -79,19 +79,43 @@ struct Packet : bi::slist_base_hook<> {
 };
 using PacketList = bi::slist<Packet, bi::cache_last<true>, bi::constant_time_size<false>>;
 
-// A NIC's receiving end of the in-process wire.
+struct TcpLink;
+
+// Where packets for one NIC go. A local port is that NIC's inbox; a remote
+// port (link set) stands for a NIC of another fabric, reached over TCP.
 struct Port {
   std::mutex mu;
   PacketList inbox;
   std::atomic<uint32_t> queued{0};
   std::atomic<bool> alive{true};
   uint64_t uid = 0;
+  std::shared_ptr<TcpLink> link;  // remote ports only
   ~Port();
 };
 
+// Sends a packet to a NIC of another fabric (tcp.cc). False if the link is down.
+bool tcp_send(TcpLink& link, const Packet& p, uint64_t dst_uid);
+bool tcp_alive(const TcpLink& link);
+
 inline constexpr uint32_t kPsnMask = 0xffffff;
 
-// The port of the NIC with this uid on the fabric, or null.
+// Where a QP address points: a NIC of this fabric, or one of another fabric
+// at a TCP endpoint.
+struct PeerAddress {
+  uint64_t fabric_id = 0;
+  uint64_t nic_uid = 0;
+  uint32_t qpn = 0;
+  uint32_t ipv4 = 0;   // network order; 0 if that fabric does not listen
+  uint16_t port = 0;   // host order
+};
+rnic::QpAddress encode_address(const PeerAddress& a);
+bool decode_address(const rnic::QpAddress& blob, PeerAddress* out);
+// This fabric's id and listening endpoint (ipv4 0 if not listening).
+void fabric_identity(Fabric::Impl* fabric, uint64_t* id, uint32_t* ipv4, uint16_t* port);
+// The port for a peer: local, or a remote port over a (new or reused) TCP
+// link. Errors: kNotFound (no such local NIC), kUnavailable (cannot connect).
+Result<std::shared_ptr<Port>> fabric_peer_port(Fabric::Impl* fabric, const PeerAddress& peer);
+// The port of the local NIC with this uid, or null.
 std::shared_ptr<Port> fabric_port(Fabric::Impl* fabric, uint64_t uid);
 // Link faults between NICs a and b: false if the packet is lost; otherwise
 // *deliver_at is when it may be taken (0: at once).
