@@ -6,7 +6,7 @@
 #include <cstring>
 #include <mutex>
 
-#include "member.h"
+#include "control.h"
 
 namespace hyperloop::prim {
 
@@ -23,7 +23,7 @@ std::byte* aligned64(std::vector<std::byte>& v, size_t bytes) {
 
 struct Group::Impl {
   rnic::Device* dev = nullptr;
-  std::vector<ReplicaHost*> hosts;
+  std::vector<std::unique_ptr<MemberControl>> hosts;
   GroupOptions o;
   uint32_t n = 0;
   std::vector<MemberInfo> members;
@@ -58,7 +58,7 @@ struct Group::Impl {
   Status refused() const {
     return Status(StatusCode::kUnavailable, "group is broken (" + broken_status.to_string() + ")");
   }
-  Status build(std::span<ReplicaHost* const> replicas);
+  Status build();
   void fail_all(Status s);
   size_t poll_locked();
   Status refresh_credit(uint64_t deadline);
@@ -103,7 +103,7 @@ Status Group::Impl::wait_conflicts(uint64_t lo, uint64_t hi, bool is_write, uint
 Group::Impl::~Impl() {
   fail_all(Status(StatusCode::kAborted, "group destroyed"));
   for (uint32_t i = 0; i < members.size(); ++i)
-    if (member_created[i]) drop_member(*hosts[i], o.tenant);
+    if (member_created[i]) hosts[i]->drop(o.tenant);
 }
 
 void Group::Impl::fail_all(Status s) {
@@ -120,12 +120,11 @@ void Group::Impl::fail_all(Status s) {
   }
 }
 
-Status Group::Impl::build(std::span<ReplicaHost* const> replicas) {
-  hosts.assign(replicas.begin(), replicas.end());
+Status Group::Impl::build() {
   members.resize(n);
   member_created.assign(n, false);
   for (uint32_t i = 0; i < n; ++i) {
-    auto info = create_member(*hosts[i], o.tenant, i, n, o);
+    auto info = hosts[i]->create(o.tenant, i, n, o);
     if (!info.is_ok()) return info.status();
     members[i] = *info;
     member_created[i] = true;
@@ -169,7 +168,7 @@ Status Group::Impl::build(std::span<ReplicaHost* const> replicas) {
   for (uint32_t i = 0; i < n; ++i) {
     const rnic::QpAddress prev = i == 0 ? data->address() : members[i - 1].out_addr;
     const rnic::QpAddress next = i + 1 < n ? members[i + 1].in_addr : ack->address();
-    HL_RETURN_IF_ERROR(connect_member(*hosts[i], o.tenant, prev, next, ctrl[i]->address()));
+    HL_RETURN_IF_ERROR(hosts[i]->connect(o.tenant, prev, next, ctrl[i]->address()));
   }
   HL_RETURN_IF_ERROR(data->init(0));
   HL_RETURN_IF_ERROR(data->connect(members[0].in_addr));
@@ -182,7 +181,7 @@ Status Group::Impl::build(std::span<ReplicaHost* const> replicas) {
     HL_RETURN_IF_ERROR(ctrl[i]->connect(members[i].ctrl_addr_qp));
     HL_RETURN_IF_ERROR(ctrl[i]->ready_to_send());
   }
-  for (uint32_t i = 0; i < n; ++i) HL_RETURN_IF_ERROR(start_member(*hosts[i], o.tenant));
+  for (uint32_t i = 0; i < n; ++i) HL_RETURN_IF_ERROR(hosts[i]->start(o.tenant));
   credit = S;
   return Status::ok();
 }
@@ -370,22 +369,44 @@ Status Group::Impl::issue(Op& op, Kind kind, std::span<const std::byte> payload,
 Group::Group(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Group::~Group() = default;
 
-Result<std::unique_ptr<Group>> Group::create(rnic::Device& client_device, std::span<ReplicaHost* const> replicas,
-                                             const GroupOptions& o) {
-  if (replicas.empty() || replicas.size() > kMaxReplicas)
-    return invalid_argument("a chain has 1 to 7 replicas");
-  for (auto* r : replicas)
-    if (!r) return invalid_argument("null replica host");
+namespace {
+Status check_options(const GroupOptions& o, size_t replicas) {
+  if (replicas == 0 || replicas > kMaxReplicas) return invalid_argument("a chain has 1 to 7 replicas");
   if (o.slots < 2 || o.slots > 8192 || (o.slots & (o.slots - 1)))
     return invalid_argument("slots must be a power of two in [2, 8192]");
   if (o.rearm_batch == 0 || o.rearm_batch > o.slots) return invalid_argument("rearm_batch must be in [1, slots]");
   if (o.region_size == 0 || o.region_size % 8) return invalid_argument("region_size must be a positive multiple of 8");
   if (o.staging_bytes == 0) return invalid_argument("staging_bytes must be positive");
+  return Status::ok();
+}
+}  // namespace
+
+Result<std::unique_ptr<Group>> Group::create(rnic::Device& client_device, std::span<ReplicaHost* const> replicas,
+                                             const GroupOptions& o) {
+  for (auto* r : replicas)
+    if (!r) return invalid_argument("null replica host");
+  HL_RETURN_IF_ERROR(check_options(o, replicas.size()));
   auto impl = std::make_unique<Impl>();
   impl->dev = &client_device;
   impl->o = o;
   impl->n = uint32_t(replicas.size());
-  HL_RETURN_IF_ERROR(impl->build(replicas));
+  for (auto* r : replicas) impl->hosts.push_back(local_control(*r));
+  HL_RETURN_IF_ERROR(impl->build());
+  return std::unique_ptr<Group>(new Group(std::move(impl)));
+}
+
+Result<std::unique_ptr<Group>> Group::connect(rnic::Device& client_device, std::span<const std::string> replicas,
+                                              const GroupOptions& o) {
+  HL_RETURN_IF_ERROR(check_options(o, replicas.size()));
+  auto impl = std::make_unique<Impl>();
+  impl->dev = &client_device;
+  impl->o = o;
+  impl->n = uint32_t(replicas.size());
+  for (const auto& endpoint : replicas) {
+    HL_ASSIGN_OR_RETURN(auto control, remote_control(endpoint));
+    impl->hosts.push_back(std::move(control));
+  }
+  HL_RETURN_IF_ERROR(impl->build());
   return std::unique_ptr<Group>(new Group(std::move(impl)));
 }
 

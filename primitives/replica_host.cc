@@ -11,7 +11,7 @@
 #include <map>
 #include <thread>
 
-#include "member.h"
+#include "control.h"
 
 namespace hyperloop::prim {
 
@@ -26,6 +26,7 @@ std::string_view forward_mode_name(ForwardMode m) {
 
 struct ReplicaHost::Impl {
   rnic::Device* device = nullptr;
+  std::unique_ptr<ControlServer> control;  // destroyed first (see ~ReplicaHost)
   ReplicaHostOptions opts;
   mutable std::mutex mu;  // tenants and members
   std::map<uint32_t, std::unique_ptr<Tenant>> tenants;
@@ -539,6 +540,7 @@ Result<std::unique_ptr<ReplicaHost>> ReplicaHost::create(rnic::Device& device, c
 }
 
 ReplicaHost::~ReplicaHost() {
+  impl_->control.reset();  // no control session may touch members from here on
   {
     std::lock_guard<std::mutex> fl(impl_->freeze_mu);
     impl_->stop.store(true);
@@ -569,6 +571,12 @@ Status ReplicaHost::register_tenant(uint32_t tenant, size_t region_size, const s
   HL_ASSIGN_OR_RETURN(t->region_mr, t->pd->register_memory(t->region, region_size, rnic::kAccessAll));
   impl_->tenants[tenant] = std::move(t);
   return Status::ok();
+}
+
+Result<uint16_t> ReplicaHost::serve_control(const std::string& ipv4, uint16_t port) {
+  if (impl_->control) return Status(StatusCode::kAlreadyExists, "this host already serves control requests");
+  HL_ASSIGN_OR_RETURN(impl_->control, ControlServer::start(*this, ipv4, port));
+  return impl_->control->port();
 }
 
 void ReplicaHost::power_fail() {

@@ -130,6 +130,13 @@ class Group {
   static Result<std::unique_ptr<Group>> create(rnic::Device& client_device,
                                                std::span<ReplicaHost* const> replicas,
                                                const GroupOptions& options);
+  // The same chain over replica hosts in other processes or hosts: each
+  // replica is a hyperloop-replica daemon's control endpoint "ipv4:port"
+  // (examples/replica_daemon.cc). client_device must be a soft NIC whose
+  // fabric listens (soft::Fabric::listen) so the chain's QPs reach it.
+  // Errors: as create, plus kUnavailable (a daemon cannot be reached).
+  static Result<std::unique_ptr<Group>> connect(rnic::Device& client_device, std::span<const std::string> replicas,
+                                                const GroupOptions& options);
   ~Group();
 
   // Each returns once the operation is issued (or refused: nothing is sent and
@@ -185,6 +192,12 @@ class ReplicaHost {
   // zeroed DRAM. Errors: kAlreadyExists, kInvalidArgument, PersistentMemory's
   // errors, device errors.
   Status register_tenant(uint32_t tenant, size_t region_size, const std::string& pmem_path = {});
+
+  // Serves the control protocol on ipv4:port (0: any free port) so clients in
+  // other processes can build chains over this host with Group::connect; the
+  // device must be a soft NIC on a fabric that listens. Returns the port.
+  // Errors: kInvalidArgument, kUnavailable (port in use ...), kAlreadyExists.
+  Result<uint16_t> serve_control(const std::string& ipv4, uint16_t port = 0);
 
   // Fault: this host loses power. Every persistent region drops what was not
   // made durable (pair it with soft::Nic::crash() of the host's NIC).
