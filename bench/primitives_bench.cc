@@ -1,0 +1,790 @@
+// primitives_bench: gWRITE, gCAS, gMEMCPY and gFLUSH over a replica chain,
+// offload and CPU-forwarding side by side in the same run.
+//
+//   BM_Latency/<prim>/mode:M/bytes:B/n:N     one operation at a time, wait for it
+//   BM_Throughput/<prim>/mode:M/bytes:B/n:N  kWindow (64) operations in flight
+//   BM_MultiTenant/<placement>/mode:M/K:K    gWRITE 64 B over 3 replicas while K busy
+//                                            tenant threads per replica host spin
+//
+// mode 0 = offload (replica NICs forward by themselves: pre-posted WAIT/SEND_EN
+// chains; the replica agent only re-arms used slots in the background),
+// mode 1 = CPU forwarding (replica agent threads poll, forward and re-post: the
+// baseline). Consecutive rows differ only in the mode.
+//
+// The fixture: one soft::Fabric; a client NIC and N replica NICs, all driven
+// by ONE soft::SingleThreadExecutor (the "one-thread executor"); a
+// prim::ReplicaHost (one agent thread) per replica NIC, each hosting the
+// tenant; one prim::Group. It is built before the timed loop and torn down
+// after it, on every call of a benchmark function.
+//
+// Counters (from the same run as Google Benchmark's time column):
+//   p50_ns, p99_ns, p999_ns   per-operation latency percentiles (steady_clock)
+//   agent_cpu_ns_per_op       replica application CPU per operation: the sum over
+//                             replica hosts of the agent thread's CPU time
+//                             (ReplicaHost::agent_cpu_ns(): everything the thread
+//                             burns, idle polling and naps included) divided by
+//                             the operations completed in the measured interval
+//   agent_cores               the same CPU time divided by wall time (cores used)
+//   agent_rearm_ns_per_op_est offload only: agent_cpu_ns_per_op net of what the
+//                             agents burn when the group is idle (measured for
+//                             10 ms before the loop): an estimate of the
+//                             amortised re-arming cost itself
+//   foreign_cpu_pct           CPU used by OTHER processes during the measurement,
+//                             in percent of the machine: figures from a run with
+//                             a high value are contaminated by a noisy neighbour
+//
+// Throughput: gWRITE k targets offset (k % 64) * stride, so the 64 operations
+// in flight never overlap (the client holds back a gWRITE overlapping an
+// in-flight operation; overlap would measure that rule, not pipelining).
+//
+// Multi-tenant experiment (needs CPUs 0 and 1): the executor thread (the
+// "NIC") is pinned to CPU 0; the replica agents, K busy tenant threads per
+// replica host and, in the `client_on_app_core` variant, the client (this
+// benchmark thread) are pinned to CPU 1. The `client_on_nic_core` variant pins
+// the client to CPU 0 next to the NIC thread instead, so only the replicas'
+// CPU is contended (in HyperLoop the client is another machine). Each case
+// samples sequential operations for a bounded time (MT budget, scaled from
+// --benchmark_min_time; override with --mt_seconds=S) and reports the
+// time column as the mean latency per operation (manual time, 1 iteration).
+//
+// A client that shares its core with other runnable threads (both multi-tenant
+// variants) yields the core between polls; elsewhere it busy-polls for a while
+// before yielding (see ClientWait).
+//
+// Any error status, failed verification or timeout ends the case through
+// State::SkipWithError; no numbers are reported from a broken run. At the end
+// a summary (multi-tenant table, the issue's targets, measured and not
+// asserted) is printed to stderr.
+//
+// Run (CI smoke): primitives_bench --benchmark_min_time=0.01
+// Run (figures):  primitives_bench
+#include <benchmark/benchmark.h>
+#include <pthread.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "hyperloop/primitives.h"
+#include "hyperloop/soft_rnic.h"
+#include "hyperloop/status.h"
+
+namespace {
+
+using namespace hyperloop;  // NOLINT
+using prim::ForwardMode;
+using prim::Group;
+using prim::Op;
+using prim::ReplicaHost;
+using Clk = std::chrono::steady_clock;
+
+// The group's op_timeout: ten times the slowest operation seen (a CPU
+// forwarder starved by 24 busy tenants: ~0.4 s), so slowness is measured, not
+// failed; a chain that really stalls fails the case within seconds.
+constexpr uint64_t kOpTimeoutNs = 3'000'000'000ull;
+constexpr auto kWaitTimeout = std::chrono::seconds(5);  // our own bound on one wait
+constexpr size_t kRegion = 8 << 20;  // room for kWindow distinct 64 KiB gWRITE targets
+constexpr uint64_t kMaxBytes = 64 * 1024;
+constexpr uint64_t kDstOffset = kRegion / 2;  // gMEMCPY destination
+constexpr uint32_t kTenant = 7;
+constexpr uint32_t kWindow = 64;  // throughput: operations in flight
+
+double g_mt_seconds = 2.0;  // multi-tenant sampling budget per case
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+ForwardMode mode_of(int64_t m) { return m == 0 ? ForwardMode::kOffload : ForwardMode::kCpuForward; }
+
+// ---- results kept for the summary -------------------------------------------------------
+struct Summary {
+  double p50 = 0, p99 = 0, p999 = 0, cpu_per_op = 0, rearm_per_op = -1;
+  uint64_t ops = 0;
+};
+std::mutex g_sum_mu;
+std::map<std::string, Summary> g_sum;
+void record(const std::string& key, const Summary& s) {
+  std::lock_guard<std::mutex> l(g_sum_mu);
+  g_sum[key] = s;
+}
+
+uint64_t percentile(const std::vector<uint64_t>& sorted, double q) {
+  if (sorted.empty()) return 0;
+  size_t idx = static_cast<size_t>(q * static_cast<double>(sorted.size()) + 0.999999);
+  idx = std::clamp<size_t>(idx, 1, sorted.size()) - 1;
+  return sorted[idx];
+}
+
+Summary report_latencies(benchmark::State& state, std::vector<uint64_t>& lat_ns) {
+  Summary s;
+  if (lat_ns.empty()) return s;
+  std::sort(lat_ns.begin(), lat_ns.end());
+  s.p50 = static_cast<double>(percentile(lat_ns, 0.50));
+  s.p99 = static_cast<double>(percentile(lat_ns, 0.99));
+  s.p999 = static_cast<double>(percentile(lat_ns, 0.999));
+  s.ops = lat_ns.size();
+  state.counters["p50_ns"] = s.p50;
+  state.counters["p99_ns"] = s.p99;
+  state.counters["p999_ns"] = s.p999;
+  state.counters["max_ns"] = static_cast<double>(lat_ns.back());
+  return s;
+}
+
+#define BENCH_CHECK_OK(state, expr)                         \
+  do {                                                      \
+    ::hyperloop::Status bench_st_ = (expr);                 \
+    if (!bench_st_.is_ok()) {                               \
+      (state).SkipWithError(bench_st_.to_string().c_str()); \
+      return;                                               \
+    }                                                       \
+  } while (0)
+
+// ---- interference: CPU used by other processes during a measurement -------------------
+// The figures are only meaningful on an otherwise idle machine; this makes a
+// noisy neighbour visible instead of silently inflating the tail.
+class ForeignCpu {
+ public:
+  ForeignCpu() { sample(&busy0_, &self0_, &total0_); }
+  // Percent of the machine's CPU capacity used by other processes since construction.
+  double percent() const {
+    uint64_t busy, self, total;
+    sample(&busy, &self, &total);
+    const double d_total = double(total - total0_);
+    if (d_total <= 0) return 0;
+    const double foreign = double(busy - busy0_) - double(self - self0_);
+    return std::max(0.0, 100.0 * foreign / d_total);
+  }
+
+ private:
+  static void sample(uint64_t* busy, uint64_t* self, uint64_t* total) {
+    *busy = *self = *total = 0;
+    if (FILE* f = std::fopen("/proc/stat", "r")) {
+      unsigned long long v[8] = {};
+      if (std::fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+                      &v[6], &v[7]) == 8) {
+        for (int i = 0; i < 8; ++i) *total += v[i];
+        *busy = *total - v[3] - v[4];  // minus idle and iowait
+      }
+      std::fclose(f);
+    }
+    if (FILE* f = std::fopen("/proc/self/stat", "r")) {
+      char buf[1024];
+      const size_t len = std::fread(buf, 1, sizeof buf - 1, f);
+      buf[len] = 0;
+      std::fclose(f);
+      // Fields after the command name (which may hold spaces): state is field 3,
+      // utime and stime are fields 14 and 15.
+      if (const char* p = std::strrchr(buf, ')')) {
+        unsigned long long ut = 0, st = 0;
+        if (std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) == 2) *self = ut + st;
+      }
+    }
+  }
+  uint64_t busy0_, self0_, total0_;
+};
+
+// ---- CPU placement ----------------------------------------------------------------------
+bool pin_self(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return pthread_setaffinity_np(pthread_self(), sizeof(set), &set) == 0;
+}
+
+bool have_cpus_0_and_1() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return false;
+  return CPU_ISSET(0, &set) && CPU_ISSET(1, &set);
+}
+
+// Restores the calling thread's affinity when it goes out of scope.
+class AffinityGuard {
+ public:
+  AffinityGuard() { ok_ = pthread_getaffinity_np(pthread_self(), sizeof(saved_), &saved_) == 0; }
+  ~AffinityGuard() {
+    if (ok_) pthread_setaffinity_np(pthread_self(), sizeof(saved_), &saved_);
+  }
+
+ private:
+  cpu_set_t saved_;
+  bool ok_ = false;
+};
+
+// ---- the fixture ------------------------------------------------------------------------
+struct ChainConfig {
+  ForwardMode mode = ForwardMode::kOffload;
+  uint32_t n = 3;
+  uint32_t slots = 1024;
+  uint32_t rearm_batch = 64;
+  size_t staging_bytes = kMaxBytes * (kWindow + 1);
+  int executor_cpu = -1;  // pin the one-thread executor
+  int agent_cpu = -1;     // pin every replica agent
+};
+
+struct Chain {
+  soft::Fabric fabric;  // first: destroyed last
+  std::unique_ptr<soft::Nic> client;
+  std::vector<std::unique_ptr<soft::Nic>> nics;
+  std::unique_ptr<soft::SingleThreadExecutor> exec;
+  std::vector<std::unique_ptr<ReplicaHost>> hosts;
+  std::unique_ptr<Group> group;
+
+  ~Chain() {
+    group.reset();  // drops the members on the hosts
+    hosts.clear();  // joins the agents
+    exec.reset();   // stops the NIC thread
+    nics.clear();
+    client.reset();
+  }
+
+  Status init(const ChainConfig& c) {
+    exec = std::make_unique<soft::SingleThreadExecutor>(c.executor_cpu);
+    soft::NicOptions co;
+    co.name = "client";
+    HL_ASSIGN_OR_RETURN(client, fabric.create_nic(co));
+    exec->add(*client);
+    std::vector<ReplicaHost*> raw;
+    for (uint32_t i = 0; i < c.n; ++i) {
+      soft::NicOptions o;
+      o.name = "replica" + std::to_string(i);
+      HL_ASSIGN_OR_RETURN(auto nic, fabric.create_nic(o));
+      exec->add(*nic);
+      prim::ReplicaHostOptions ho;
+      ho.agent_cpu = c.agent_cpu;
+      HL_ASSIGN_OR_RETURN(auto host, ReplicaHost::create(*nic, ho));
+      HL_RETURN_IF_ERROR(host->register_tenant(kTenant, kRegion));
+      raw.push_back(host.get());
+      nics.push_back(std::move(nic));
+      hosts.push_back(std::move(host));
+    }
+    prim::GroupOptions go;
+    go.tenant = kTenant;
+    go.region_size = kRegion;
+    go.mode = c.mode;
+    go.slots = c.slots;
+    go.rearm_batch = c.rearm_batch;
+    go.staging_bytes = c.staging_bytes;
+    go.op_timeout_ns = kOpTimeoutNs;
+    HL_ASSIGN_OR_RETURN(group, Group::create(*client, raw, go));
+    return Status::ok();
+  }
+
+  uint64_t agent_cpu_ns() const {
+    uint64_t s = 0;
+    for (const auto& h : hosts) s += h->agent_cpu_ns();
+    return s;
+  }
+};
+
+// How the client waits for an operation: busy-poll the group, and after
+// `spin_polls` fruitless polls also yield the core on every further poll.
+// 0 = yield at once (a client sharing its core with runnable threads).
+// 64 polls (a few microseconds) keeps the offload path busy-polled while
+// letting the CPU-forwarding baseline's threads (agents + NIC thread + client
+// on 2 cores) make progress; pure spinning starves them (p50 in milliseconds).
+struct ClientWait {
+  uint32_t spin_polls = 64;
+};
+
+Status wait_op(Group& g, Op& op, const ClientWait& w) {
+  uint32_t polls = 0;
+  Clk::time_point deadline{};
+  while (!op.done()) {
+    if (g.poll() > 0 || op.done()) continue;
+    ++polls;
+    if (polls >= w.spin_polls) {
+      std::this_thread::yield();
+    } else {
+      cpu_relax();
+    }
+    if ((polls & 255) == 0) {
+      const auto now = Clk::now();
+      if (deadline == Clk::time_point{}) deadline = now + kWaitTimeout;
+      if (now > deadline) return Status(StatusCode::kDeadlineExceeded, "benchmark: operation not acknowledged");
+    }
+  }
+  return op.status();
+}
+
+// ---- workloads: what one operation is, and how to check it ------------------------------
+enum class Prim { kWrite, kCas, kMemcpy, kFlush };
+
+const char* prim_name(Prim p) {
+  switch (p) {
+    case Prim::kWrite: return "gWRITE";
+    case Prim::kCas: return "gCAS";
+    case Prim::kMemcpy: return "gMEMCPY";
+    case Prim::kFlush: return "gFLUSH";
+  }
+  return "?";
+}
+
+struct Workload {
+  Prim prim;
+  uint64_t bytes;
+  std::vector<std::byte> payload;
+  // gWRITE: op i writes at (i % kWindow) * stride, so the operations in
+  // flight never overlap (the client holds back a gWRITE that overlaps an
+  // in-flight operation: overlapping targets would measure that, not pipelining).
+  uint64_t stride = 0;
+  uint64_t last_write = UINT64_MAX;
+
+  Workload(Prim p, uint64_t b) : prim(p), bytes(b) {
+    payload.resize(std::max<uint64_t>(bytes, 8));
+    for (size_t i = 0; i < payload.size(); ++i) payload[i] = std::byte(uint8_t(i * 131 + 17));
+    stride = (std::max<uint64_t>(bytes, 64) + 63) & ~uint64_t{63};
+  }
+
+  // Before the timed loop: gMEMCPY needs its source on every replica.
+  Status prepare(Group& g, const ClientWait& w) {
+    if (prim != Prim::kMemcpy) return Status::ok();
+    Op op;
+    HL_RETURN_IF_ERROR(g.write(op, 0, std::span<const std::byte>(payload.data(), bytes)));
+    return wait_op(g, op, w);
+  }
+
+  // Issues operation number i (0, 1, 2, ... in order, one chain).
+  Status issue(Group& g, Op& op, uint64_t i) {
+    switch (prim) {
+      case Prim::kWrite: {
+        std::memcpy(payload.data(), &i, 8);  // stamp: the verification reads it back
+        last_write = i;
+        return g.write(op, (i % kWindow) * stride, std::span<const std::byte>(payload.data(), bytes));
+      }
+      case Prim::kCas: return g.cas(op, 0, i, i + 1, (1u << g.replicas()) - 1);
+      case Prim::kMemcpy: return g.memcpy(op, 0, kDstOffset, bytes);
+      case Prim::kFlush: return g.flush(op, 0, bytes);
+    }
+    return internal_error("unknown primitive");
+  }
+
+  // After operation i completed successfully. Operations run in issue order on
+  // every replica, so gCAS number i finds the word at i on each of them.
+  Status check(const Op& op, uint64_t i) const {
+    if (prim != Prim::kCas) return Status::ok();
+    auto old = op.old_values();
+    for (size_t r = 0; r < old.size(); ++r)
+      if (old[r] != i)
+        return internal_error("gCAS " + std::to_string(i) + ": replica " + std::to_string(r) + " returned old value " +
+                              std::to_string(old[r]));
+    return Status::ok();
+  }
+
+  // After the loop, every operation done: the replicas hold what they must.
+  Status verify(Group& g) {
+    std::vector<std::byte> got(bytes);
+    for (uint32_t r = 0; r < g.replicas(); ++r) {
+      if (prim == Prim::kWrite && last_write != UINT64_MAX) {
+        HL_RETURN_IF_ERROR(g.read(r, (last_write % kWindow) * stride, got));
+        std::vector<std::byte> want(payload.begin(), payload.begin() + long(bytes));
+        std::memcpy(want.data(), &last_write, std::min<uint64_t>(8, bytes));
+        if (got != want) return internal_error("gWRITE: replica " + std::to_string(r) + " does not hold the payload");
+      } else if (prim == Prim::kMemcpy) {
+        HL_RETURN_IF_ERROR(g.read(r, kDstOffset, got));
+        if (!std::equal(got.begin(), got.end(), payload.begin()))
+          return internal_error("gMEMCPY: replica " + std::to_string(r) + " does not hold the copy");
+      }
+    }
+    return Status::ok();
+  }
+
+  int64_t bytes_per_op() const { return prim == Prim::kFlush ? 0 : int64_t(bytes); }
+};
+
+// Agent CPU per nanosecond of wall time while the group is idle (the offload
+// agent's naps and empty polls), measured over a short window.
+double agent_idle_rate(const Chain& chain) {
+  const uint64_t c0 = chain.agent_cpu_ns();
+  const auto t0 = Clk::now();
+  std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const double wall_ns = double(std::chrono::nanoseconds(Clk::now() - t0).count());
+  return double(chain.agent_cpu_ns() - c0) / wall_ns;
+}
+
+// cpu_ns: agent CPU over the measured interval; idle_rate >= 0 (offload only)
+// also reports the estimate net of what the agents burn when idle.
+void set_cpu_counters(benchmark::State& state, Summary* sum, uint64_t cpu_ns, uint64_t ops, double wall_s,
+                      double idle_rate) {
+  const double per_op = ops ? double(cpu_ns) / double(ops) : 0.0;
+  state.counters["agent_cpu_ns_per_op"] = per_op;
+  state.counters["agent_cores"] = wall_s > 0 ? double(cpu_ns) / 1e9 / wall_s : 0.0;
+  sum->cpu_per_op = per_op;
+  if (idle_rate >= 0 && ops) {
+    const double net = double(cpu_ns) - idle_rate * wall_s * 1e9;
+    sum->rearm_per_op = net / double(ops);
+    state.counters["agent_rearm_ns_per_op_est"] = sum->rearm_per_op;
+  }
+}
+
+std::string lat_key(Prim p, int64_t mode, int64_t bytes, int64_t n) {
+  return std::string("lat/") + prim_name(p) + "/" + std::to_string(mode) + "/" + std::to_string(bytes) + "/" +
+         std::to_string(n);
+}
+
+// ---- latency -----------------------------------------------------------------------------
+// Args: mode, bytes, n.
+void BM_Latency(benchmark::State& state, Prim p) {
+  const int64_t mode = state.range(0), bytes = state.range(1), n = state.range(2);
+  state.SetLabel(std::string(prim::forward_mode_name(mode_of(mode))));
+  ChainConfig cfg;
+  cfg.mode = mode_of(mode);
+  cfg.n = uint32_t(n);
+  Chain chain;
+  BENCH_CHECK_OK(state, chain.init(cfg));
+  Group& g = *chain.group;
+  const ClientWait w{};
+  Workload wl(p, uint64_t(bytes));
+  BENCH_CHECK_OK(state, wl.prepare(g, w));
+
+  Op op;
+  uint64_t i = 0;
+  for (; i < 64; ++i) {  // warm-up: page faults, first slots, caches
+    BENCH_CHECK_OK(state, wl.issue(g, op, i));
+    BENCH_CHECK_OK(state, wait_op(g, op, w));
+    BENCH_CHECK_OK(state, wl.check(op, i));
+  }
+  const double idle_rate = cfg.mode == ForwardMode::kOffload ? agent_idle_rate(chain) : -1.0;
+  std::vector<uint64_t> lat;
+  lat.reserve(1 << 16);
+  ForeignCpu foreign;
+  const uint64_t cpu0 = chain.agent_cpu_ns();
+  const auto w0 = Clk::now();
+  for (auto _ : state) {
+    const auto t0 = Clk::now();
+    BENCH_CHECK_OK(state, wl.issue(g, op, i));
+    BENCH_CHECK_OK(state, wait_op(g, op, w));
+    const auto t1 = Clk::now();
+    lat.push_back(uint64_t(std::chrono::nanoseconds(t1 - t0).count()));
+    BENCH_CHECK_OK(state, wl.check(op, i));
+    ++i;
+  }
+  const double wall = std::chrono::duration<double>(Clk::now() - w0).count();
+  const uint64_t cpu = chain.agent_cpu_ns() - cpu0;
+  BENCH_CHECK_OK(state, wl.verify(g));
+  state.SetItemsProcessed(int64_t(state.iterations()));
+  if (wl.bytes_per_op()) state.SetBytesProcessed(int64_t(state.iterations()) * wl.bytes_per_op());
+  Summary s = report_latencies(state, lat);
+  set_cpu_counters(state, &s, cpu, lat.size(), wall, idle_rate);
+  state.counters["foreign_cpu_pct"] = foreign.percent();
+  record(lat_key(p, mode, bytes, n), s);
+}
+
+// ---- throughput ----------------------------------------------------------------------------
+// One iteration = one operation issued, with up to kWindow in flight (Op i
+// reuses the array entry of op i - kWindow once that one completed).
+void BM_Throughput(benchmark::State& state, Prim p) {
+  const int64_t mode = state.range(0), bytes = state.range(1), n = state.range(2);
+  state.SetLabel(std::string(prim::forward_mode_name(mode_of(mode))) + " window=" + std::to_string(kWindow));
+  ChainConfig cfg;
+  cfg.mode = mode_of(mode);
+  cfg.n = uint32_t(n);
+  Chain chain;
+  BENCH_CHECK_OK(state, chain.init(cfg));
+  Group& g = *chain.group;
+  const ClientWait w{};
+  Workload wl(p, uint64_t(bytes));
+  BENCH_CHECK_OK(state, wl.prepare(g, w));
+
+  std::array<Op, kWindow> ops;
+  uint64_t i = 0;
+  auto retire = [&](uint64_t k) -> Status {  // waits for op k, checks it
+    Op& o = ops[k % kWindow];
+    HL_RETURN_IF_ERROR(wait_op(g, o, w));
+    return wl.check(o, k);
+  };
+  // Warm-up: two windows' worth.
+  for (; i < 2 * kWindow; ++i) {
+    if (i >= kWindow) BENCH_CHECK_OK(state, retire(i - kWindow));
+    BENCH_CHECK_OK(state, wl.issue(g, ops[i % kWindow], i));
+  }
+  const double idle_rate = cfg.mode == ForwardMode::kOffload ? agent_idle_rate(chain) : -1.0;
+  ForeignCpu foreign;
+  const uint64_t first = i;
+  const uint64_t cpu0 = chain.agent_cpu_ns();
+  const auto w0 = Clk::now();
+  for (auto _ : state) {
+    BENCH_CHECK_OK(state, retire(i - kWindow));
+    BENCH_CHECK_OK(state, wl.issue(g, ops[i % kWindow], i));
+    ++i;
+  }
+  for (uint64_t k = i - kWindow; k < i; ++k) BENCH_CHECK_OK(state, retire(k));  // drain
+  const double wall = std::chrono::duration<double>(Clk::now() - w0).count();
+  const uint64_t cpu = chain.agent_cpu_ns() - cpu0;
+  BENCH_CHECK_OK(state, wl.verify(g));
+  state.SetItemsProcessed(int64_t(state.iterations()));
+  if (wl.bytes_per_op()) state.SetBytesProcessed(int64_t(state.iterations()) * wl.bytes_per_op());
+  Summary s;
+  set_cpu_counters(state, &s, cpu, i - first, wall, idle_rate);
+  s.ops = i - first;
+  record(std::string("tput/") + prim_name(p) + "/" + std::to_string(mode) + "/" + std::to_string(bytes) + "/" +
+             std::to_string(n),
+         s);
+  state.counters["foreign_cpu_pct"] = foreign.percent();
+}
+
+// ---- multi-tenant ----------------------------------------------------------------------------
+// K busy tenant threads per replica host, pinned to the application core,
+// spinning on arithmetic until told to stop.
+class BusyTenants {
+ public:
+  BusyTenants(int cpu, uint32_t count) {
+    for (uint32_t t = 0; t < count; ++t)
+      threads_.emplace_back([this, cpu, t] {
+        pin_self(cpu);
+        uint64_t x = 0x9e3779b97f4a7c15ull + t;
+        while (!stop_.load(std::memory_order_relaxed))
+          for (int k = 0; k < 1024; ++k) x = x * 6364136223846793005ull + 1442695040888963407ull;
+        sink_.fetch_add(x, std::memory_order_relaxed);
+      });
+  }
+  ~BusyTenants() { stop(); }
+  void stop() {
+    stop_.store(true, std::memory_order_relaxed);
+    for (auto& t : threads_)
+      if (t.joinable()) t.join();
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> sink_{0};
+  std::vector<std::thread> threads_;
+};
+
+constexpr int kNicCpu = 0, kAppCpu = 1;
+
+// Args: mode, K. gWRITE of 64 B over 3 replicas.
+void BM_MultiTenant(benchmark::State& state, bool client_on_nic_core) {
+  const int64_t mode = state.range(0), K = state.range(1);
+  constexpr uint32_t n = 3;
+  constexpr uint64_t bytes = 64;
+  state.SetLabel(std::string(prim::forward_mode_name(mode_of(mode))) +
+                 (client_on_nic_core ? " client@cpu0(nic)" : " client@cpu1(app)") + " busy=" +
+                 std::to_string(K * n));
+  if (!have_cpus_0_and_1()) {
+    state.SkipWithError("multi-tenant experiment needs CPUs 0 and 1 in the affinity mask");
+    return;
+  }
+  AffinityGuard restore;
+  if (!pin_self(client_on_nic_core ? kNicCpu : kAppCpu)) {
+    state.SkipWithError("cannot pin the client thread");
+    return;
+  }
+  ChainConfig cfg;
+  cfg.mode = mode_of(mode);
+  cfg.n = n;
+  cfg.slots = 4096;  // rings are large: starved re-arming must not turn into backpressure
+  cfg.rearm_batch = 64;
+  cfg.executor_cpu = kNicCpu;
+  cfg.agent_cpu = kAppCpu;
+  Chain chain;
+  BENCH_CHECK_OK(state, chain.init(cfg));
+  Group& g = *chain.group;
+  const ClientWait w{0};  // the client always shares its core here: yield between polls
+  Workload wl(Prim::kWrite, bytes);
+
+  std::vector<uint64_t> lat;
+  lat.reserve(1 << 20);
+  uint64_t cpu = 0, i = 0;
+  double measured_s = 0, foreign_pct = 0;
+  std::unique_ptr<ForeignCpu> foreign;
+  for (auto _ : state) {
+    BusyTenants busy(kAppCpu, uint32_t(K) * n);
+    Op op;
+    // Warm-up: a few operations, bounded in time, with the tenants already busy.
+    const auto warm_end = Clk::now() + std::chrono::duration<double>(g_mt_seconds * 0.1);
+    for (; i < 64 && Clk::now() < warm_end; ++i) {
+      BENCH_CHECK_OK(state, wl.issue(g, op, i));
+      BENCH_CHECK_OK(state, wait_op(g, op, w));
+    }
+    foreign = std::make_unique<ForeignCpu>();
+    const uint64_t cpu0 = chain.agent_cpu_ns();
+    const auto start = Clk::now();
+    const auto end = start + std::chrono::duration<double>(g_mt_seconds);
+    for (;;) {
+      const auto t0 = Clk::now();
+      if (t0 >= end || lat.size() >= 2'000'000) break;
+      BENCH_CHECK_OK(state, wl.issue(g, op, i));
+      BENCH_CHECK_OK(state, wait_op(g, op, w));
+      lat.push_back(uint64_t(std::chrono::nanoseconds(Clk::now() - t0).count()));
+      ++i;
+    }
+    measured_s = std::chrono::duration<double>(Clk::now() - start).count();
+    cpu = chain.agent_cpu_ns() - cpu0;
+    foreign_pct = foreign->percent();
+    busy.stop();
+    state.SetIterationTime(lat.empty() ? measured_s : measured_s / double(lat.size()));  // mean per op
+  }
+  BENCH_CHECK_OK(state, wl.verify(g));
+  if (lat.empty()) {
+    state.SkipWithError("no operation completed within the budget");
+    return;
+  }
+  state.counters["ops"] = double(lat.size());
+  state.counters["ops_per_s"] = double(lat.size()) / measured_s;
+  Summary s = report_latencies(state, lat);
+  set_cpu_counters(state, &s, cpu, lat.size(), measured_s, -1.0);
+  state.counters["foreign_cpu_pct"] = foreign_pct;
+  record(std::string("mt/") + (client_on_nic_core ? "nic" : "app") + "/" + std::to_string(mode) + "/" +
+             std::to_string(K),
+         s);
+}
+
+// ---- registration -----------------------------------------------------------------------------
+const std::vector<int64_t> kModes = {0, 1};
+const std::vector<int64_t> kSizes = {64, 512, 4096, 65536};
+const std::vector<int64_t> kGroup = {1, 2, 3, 5};
+
+// ArgsProduct varies the first argument fastest: offload and CPU forwarding
+// of the same case end up on consecutive rows.
+BENCHMARK_CAPTURE(BM_Latency, gWRITE, Prim::kWrite)
+    ->ArgNames({"mode", "bytes", "n"})
+    ->ArgsProduct({kModes, kSizes, kGroup})
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Latency, gCAS, Prim::kCas)
+    ->ArgNames({"mode", "bytes", "n"})
+    ->ArgsProduct({kModes, {8}, kGroup})
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Latency, gMEMCPY, Prim::kMemcpy)
+    ->ArgNames({"mode", "bytes", "n"})
+    ->ArgsProduct({kModes, kSizes, kGroup})
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Latency, gFLUSH, Prim::kFlush)
+    ->ArgNames({"mode", "bytes", "n"})
+    ->ArgsProduct({kModes, {64}, kGroup})
+    ->UseRealTime();
+
+BENCHMARK_CAPTURE(BM_Throughput, gWRITE, Prim::kWrite)
+    ->ArgNames({"mode", "bytes", "n"})
+    ->ArgsProduct({kModes, {64, 4096, 65536}, {1, 3, 5}})
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Throughput, gCAS, Prim::kCas)
+    ->ArgNames({"mode", "bytes", "n"})
+    ->ArgsProduct({kModes, {8}, {3}})
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Throughput, gMEMCPY, Prim::kMemcpy)
+    ->ArgNames({"mode", "bytes", "n"})
+    ->ArgsProduct({kModes, {4096}, {3}})
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Throughput, gFLUSH, Prim::kFlush)
+    ->ArgNames({"mode", "bytes", "n"})
+    ->ArgsProduct({kModes, {64}, {3}})
+    ->UseRealTime();
+
+BENCHMARK_CAPTURE(BM_MultiTenant, client_on_app_core, false)
+    ->ArgNames({"mode", "K"})
+    ->ArgsProduct({kModes, {0, 1, 2, 4, 8}})
+    ->Iterations(1)
+    ->UseManualTime();
+BENCHMARK_CAPTURE(BM_MultiTenant, client_on_nic_core, true)
+    ->ArgNames({"mode", "K"})
+    ->ArgsProduct({kModes, {0, 1, 2, 4, 8}})
+    ->Iterations(1)
+    ->UseManualTime();
+
+// ---- summary -----------------------------------------------------------------------------------
+void print_summary() {
+  std::lock_guard<std::mutex> l(g_sum_mu);
+  if (g_sum.empty()) return;
+  auto find = [&](const std::string& k) -> const Summary* {
+    auto it = g_sum.find(k);
+    return it == g_sum.end() ? nullptr : &it->second;
+  };
+  std::fprintf(stderr, "\n== summary (measured, not asserted) ==\n");
+  for (const char* place : {"app", "nic"}) {
+    bool any = false;
+    for (int K : {0, 1, 2, 4, 8})
+      any |= find(std::string("mt/") + place + "/0/" + std::to_string(K)) != nullptr ||
+             find(std::string("mt/") + place + "/1/" + std::to_string(K)) != nullptr;
+    if (!any) continue;
+    std::fprintf(stderr, "multi-tenant gWRITE 64 B, 3 replicas, client on %s core (us):\n",
+                 std::strcmp(place, "app") == 0 ? "the application (cpu1)" : "the NIC (cpu0)");
+    std::fprintf(stderr, "  %3s | %9s %9s %9s | %9s %9s %9s | %s\n", "K", "off p50", "off p99", "off p999", "cpu p50",
+                 "cpu p99", "cpu p999", "cpu p99 / off p99");
+    for (int K : {0, 1, 2, 4, 8}) {
+      const Summary* o = find(std::string("mt/") + place + "/0/" + std::to_string(K));
+      const Summary* c = find(std::string("mt/") + place + "/1/" + std::to_string(K));
+      auto us = [](const Summary* s, double Summary::*f) { return s ? s->*f / 1000.0 : -1.0; };
+      std::fprintf(stderr, "  %3d | %9.2f %9.2f %9.2f | %9.2f %9.2f %9.2f | %.1fx\n", K, us(o, &Summary::p50),
+                   us(o, &Summary::p99), us(o, &Summary::p999), us(c, &Summary::p50), us(c, &Summary::p99),
+                   us(c, &Summary::p999), (o && c && o->p99 > 0) ? c->p99 / o->p99 : 0.0);
+    }
+    const Summary* o0 = find(std::string("mt/") + place + "/0/0");
+    const Summary* o8 = find(std::string("mt/") + place + "/0/8");
+    const Summary* c8 = find(std::string("mt/") + place + "/1/8");
+    if (o0 && o8)
+      std::fprintf(stderr, "  target: offload p99 at K=8 within 1.5x of K=0: %.2fx -> %s\n", o8->p99 / o0->p99,
+                   o8->p99 <= 1.5 * o0->p99 ? "met" : "MISSED");
+    if (o8 && c8)
+      std::fprintf(stderr, "  target: CPU-forwarding p99 >= 20x offloaded p99 at K=8: %.1fx -> %s\n", c8->p99 / o8->p99,
+                   c8->p99 >= 20 * o8->p99 ? "met" : "MISSED");
+    if (o8)
+      std::fprintf(stderr, "  offload agent CPU per op at K=8 (sum of 3 replicas): %.1f ns\n", o8->cpu_per_op);
+  }
+  if (const Summary* s = find(lat_key(Prim::kWrite, 0, 64, 3)))
+    std::fprintf(stderr, "target: offload gWRITE 64 B x 3 replicas p50 <= 1300 ns: %.0f ns -> %s\n", s->p50,
+                 s->p50 <= 1300 ? "met" : "MISSED");
+  if (const Summary* s = find(lat_key(Prim::kWrite, 1, 64, 3)))
+    std::fprintf(stderr, "        (CPU forwarding, same case: p50 %.0f ns)\n", s->p50);
+  // Offload replica CPU per operation: the worst case over the latency and
+  // throughput rows, gross (everything the agents burned) and net of their
+  // idle naps (what re-arming added).
+  double worst = -1, worst_net = -1;
+  std::string worst_key, worst_net_key;
+  for (const auto& [k, s] : g_sum) {
+    if (k.rfind("mt/", 0) == 0) continue;
+    const size_t slash = k.find('/', k.find('/') + 1);  // after "<kind>/<prim>"
+    if (k.compare(slash, 3, "/0/") != 0) continue;       // offload rows only
+    if (s.cpu_per_op > worst) worst = s.cpu_per_op, worst_key = k;
+    if (s.rearm_per_op > worst_net) worst_net = s.rearm_per_op, worst_net_key = k;
+  }
+  if (worst >= 0)
+    std::fprintf(stderr,
+                 "target: offload replica CPU per op well under 100 ns (sum over replicas): worst gross %.1f ns (%s); "
+                 "worst net of idle naps %.1f ns (%s)\n",
+                 worst, worst_key.c_str(), worst_net, worst_net_key.c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // --mt_seconds=S overrides the multi-tenant sampling budget; otherwise it
+  // follows --benchmark_min_time (4x, clamped to [0.05, 2] seconds).
+  std::vector<char*> args;
+  double mt = -1, min_time = 0.5;
+  for (int a = 0; a < argc; ++a) {
+    const std::string s = argv[a];
+    if (s.rfind("--mt_seconds=", 0) == 0) {
+      mt = std::strtod(s.c_str() + 13, nullptr);
+      continue;
+    }
+    if (s.rfind("--benchmark_min_time=", 0) == 0) min_time = std::strtod(s.c_str() + 21, nullptr);
+    args.push_back(argv[a]);
+  }
+  g_mt_seconds = mt > 0 ? mt : std::clamp(4 * min_time, 0.05, 2.0);
+  int n = int(args.size());
+  args.push_back(nullptr);
+  benchmark::Initialize(&n, args.data());
+  if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  print_summary();
+  return 0;
+}
