@@ -13,6 +13,8 @@
 // (a dead client frees its tenants for the next one).
 #include "control.h"
 
+#include "hyperloop/internal/socket_io.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -29,6 +31,9 @@ namespace hyperloop::prim::internal {
 
 namespace {
 
+using hyperloop::internal::read_full;
+using hyperloop::internal::write_full;
+
 enum Op : uint8_t { kCreate = 1, kConnect = 2, kStart = 3, kDrop = 4 };
 
 struct CreateRequest {
@@ -42,29 +47,6 @@ struct ConnectRequest {
   rnic::QpAddress prev, next, client_ctrl;
 };
 static_assert(std::is_trivially_copyable_v<MemberInfo> && std::is_trivially_copyable_v<ConnectRequest>);
-
-bool write_full(int fd, const void* buf, size_t len) {
-  const char* p = static_cast<const char*>(buf);
-  while (len) {
-    ssize_t n = ::send(fd, p, len, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    p += n;
-    len -= size_t(n);
-  }
-  return true;
-}
-bool read_full(int fd, void* buf, size_t len) {
-  char* p = static_cast<char*>(buf);
-  while (len) {
-    ssize_t n = ::recv(fd, p, len, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    p += n;
-    len -= size_t(n);
-  }
-  return true;
-}
 
 bool send_frame(int fd, uint8_t tag, const void* body, uint32_t len) {
   const uint32_t total = len + 1;
@@ -164,8 +146,7 @@ Result<std::unique_ptr<MemberControl>> remote_control(const std::string& endpoin
     close(fd);
     return unavailable("cannot reach the replica daemon at " + endpoint + ": " + why);
   }
-  int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  hyperloop::internal::set_nodelay(fd);
   return std::unique_ptr<MemberControl>(std::make_unique<RemoteControl>(fd, endpoint));
 }
 

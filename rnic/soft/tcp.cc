@@ -17,10 +17,15 @@
 #include <cstring>
 
 #include "fabric_impl.h"
+#include "hyperloop/internal/socket_io.h"
 
 namespace hyperloop::soft {
 
 namespace {
+
+using hyperloop::internal::read_full;
+using hyperloop::internal::set_nodelay;
+using hyperloop::internal::write_full;
 
 constexpr uint32_t kAddrMagic = 0x484c5357;   // "HLSW": a soft RNIC QP address
 constexpr uint32_t kFrameMagic = 0x484c5046;  // "HLPF": a packet frame
@@ -38,34 +43,6 @@ struct __attribute__((packed)) FrameHeader {
   uint8_t type, nak, opcode, solicited;
 };
 
-bool write_full(int fd, const void* buf, size_t len) {
-  const char* p = static_cast<const char*>(buf);
-  while (len) {
-    ssize_t n = ::send(fd, p, len, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    p += n;
-    len -= size_t(n);
-  }
-  return true;
-}
-
-bool read_full(int fd, void* buf, size_t len) {
-  char* p = static_cast<char*>(buf);
-  while (len) {
-    ssize_t n = ::recv(fd, p, len, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    p += n;
-    len -= size_t(n);
-  }
-  return true;
-}
-
-void set_nodelay(int fd) {
-  int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-}
 
 }  // namespace
 
