@@ -271,7 +271,13 @@ Status Group::Impl::acquire(Op& op, uint64_t deadline) {
   while (!broken) {
     if (next_seq - completed < o.slots) {
       if (next_seq < credit) return Status::ok();
-      HL_RETURN_IF_ERROR(refresh_credit(deadline));
+      if (Status s = refresh_credit(deadline); !s.is_ok()) {
+        if (s.code() == StatusCode::kDeadlineExceeded)
+          return Status(StatusCode::kDeadlineExceeded, "no armed slot within op_timeout (replicas not re-arming)");
+        // The direct line to a replica failed: the chain cannot be trusted.
+        fail_all(Status(StatusCode::kUnavailable, "credit read failed: " + s.message()));
+        return refused();
+      }
       if (next_seq < credit) return Status::ok();
     }
     poll_locked();

@@ -388,8 +388,8 @@ bool cpu_local_wr(Member& m, uint64_t seq, mlx5::SendWqe& w, SendWr& wr, bool& o
   }
 }
 
-// CPU mode: forwards message `seq` (after its local operation) and re-posts
-// the slot's RECV for seq + slots.
+// CPU mode: forwards message `seq` (after its local operation). The slot is
+// re-armed once that SEND completed (serve_cpu): its buffer is the SEND's source.
 Status cpu_forward(Member& m, uint64_t seq) {
   std::byte* buf = m.slot_buf(seq);
   std::byte* fwd_buf = buf + kEntryBytes;
@@ -416,10 +416,7 @@ Status cpu_forward(Member& m, uint64_t seq) {
   send.opcode = WrOpcode::kSend;
   send.flags = rnic::kSendSignaled;
   send.sg = {&fb, 1};
-  HL_RETURN_IF_ERROR(m.out->post_send(send));
-  HL_RETURN_IF_ERROR(post_cpu_recv(m, seq + m.opts.slots));
-  m.armed_seq = seq + 1 + m.opts.slots;
-  return Status::ok();
+  return m.out->post_send(send);
 }
 
 }  // namespace
@@ -429,13 +426,27 @@ Status cpu_forward(Member& m, uint64_t seq) {
 // and forward once that completed.
 size_t ReplicaHost::Impl::serve_cpu(Member& m) {
   rnic::WorkCompletion wc[16];
-  if (auto r = m.out_scq->poll(wc); !r.is_ok()) {
-    m.broken = true;
-  } else {
-    for (size_t k = 0; k < *r; ++k)
-      if (wc[k].status != rnic::WcStatus::kSuccess) m.broken = true;
-  }
   size_t work = 0;
+  // A forwarded SEND completed: its slot's buffer is free, re-arm the slot
+  // (as the offload agent does), so credit never runs ahead of the queues.
+  for (;;) {
+    auto r = m.out_scq->poll(wc);
+    if (!r.is_ok()) {
+      m.broken = true;
+      break;
+    }
+    for (size_t k = 0; k < *r && !m.broken; ++k) {
+      if (wc[k].status != rnic::WcStatus::kSuccess) {
+        m.broken = true;
+      } else if (wc[k].opcode == rnic::WcOpcode::kSend) {
+        if (!post_cpu_recv(m, m.done_seq + m.opts.slots).is_ok()) m.broken = true;
+        ++m.done_seq;
+        m.armed_seq = m.done_seq + m.opts.slots;
+        ++work;
+      }
+    }
+    if (*r < std::size(wc)) break;
+  }
   while (!m.broken && work < 16) {
     if (m.local_pending) {
       auto p = m.loop_scq->poll({wc, 1});

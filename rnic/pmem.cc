@@ -36,7 +36,21 @@ struct PersistentMemory::Impl {
 
   mutable std::mutex mu;
   std::vector<std::pair<size_t, size_t>> dirty;  // [begin, end), merged on persist
-  size_t dirty_hint = 0;                         // sum of marked lengths (may overlap)
+
+  // Sorts and merges the dirty ranges in place. REQUIRES: mu held.
+  void merge_dirty() {
+    if (dirty.size() < 2) return;
+    std::sort(dirty.begin(), dirty.end());
+    size_t w = 0;
+    for (size_t i = 1; i < dirty.size(); ++i) {
+      if (dirty[i].first <= dirty[w].second) {
+        dirty[w].second = std::max(dirty[w].second, dirty[i].second);
+      } else {
+        dirty[++w] = dirty[i];
+      }
+    }
+    dirty.resize(w + 1);
+  }
 
   ~Impl() {
     if (map) pmem2_map_delete(&map);
@@ -106,7 +120,6 @@ void PersistentMemory::mark_dirty(size_t offset, size_t len) {
   } else {
     d.emplace_back(offset, offset + len);
   }
-  impl_->dirty_hint += len;
 }
 
 void PersistentMemory::persist(size_t offset, size_t len) {
@@ -118,34 +131,28 @@ void PersistentMemory::persist(size_t offset, size_t len) {
 
 size_t PersistentMemory::persist_dirty() {
   std::lock_guard<std::mutex> l(impl_->mu);
-  auto& d = impl_->dirty;
-  if (d.empty()) return 0;
-  std::sort(d.begin(), d.end());
-  size_t bytes = 0, b = d[0].first, e = d[0].second;
-  for (size_t i = 1; i <= d.size(); ++i) {
-    if (i < d.size() && d[i].first <= e) {
-      e = std::max(e, d[i].second);
-      continue;
-    }
+  impl_->merge_dirty();
+  size_t bytes = 0;
+  for (const auto& [b, e] : impl_->dirty) {
     impl_->persist_locked(b, e);
     bytes += e - b;
-    if (i < d.size()) b = d[i].first, e = d[i].second;
   }
-  d.clear();
-  impl_->dirty_hint = 0;
+  impl_->dirty.clear();
   return bytes;
 }
 
 size_t PersistentMemory::dirty_bytes() const {
   std::lock_guard<std::mutex> l(impl_->mu);
-  return impl_->dirty_hint;
+  impl_->merge_dirty();
+  size_t bytes = 0;
+  for (const auto& [b, e] : impl_->dirty) bytes += e - b;
+  return bytes;
 }
 
 void PersistentMemory::power_fail() {
   std::lock_guard<std::mutex> l(impl_->mu);
   std::memcpy(impl_->view, impl_->durable, impl_->size);
   impl_->dirty.clear();
-  impl_->dirty_hint = 0;
 }
 
 PersistentMemory* PersistentMemory::containing(const void* addr, size_t len) {

@@ -238,7 +238,8 @@ class ManualExecutor final : public Executor {
 
 // A seeded fault plan over a ManualExecutor: faults at chosen steps, or a
 // random plan drawn from a seed, so a failing run is replayed by its seed
-// alone. Every fault is logged (describe()) as it is planned.
+// alone. Every fault is logged (describe()) as it is planned. The plan, the
+// fabric and the NICs must outlive the executor's pending actions.
 class FaultPlan {
  public:
   FaultPlan(Fabric& fabric, ManualExecutor& executor) : fabric_(fabric), ex_(executor) {}

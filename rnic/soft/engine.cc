@@ -177,9 +177,11 @@ void Nic::Impl::retire(SoftQp* qp) {
       enter_error(qp);
       return;
     }
+    // Free the ring space before the CQE is visible: whoever sees the
+    // completion may reuse the WQE's slots at once.
+    qp->sq_retired.fetch_add(o.wqebbs, std::memory_order_release);
     if (o.signaled) complete_send(qp, o);
     if (is_read_or_atomic(o.opcode)) --qp->out_rd_atomic;
-    qp->sq_retired.fetch_add(o.wqebbs, std::memory_order_release);
     ++qp->out_head;
     progress = true;
   }
@@ -199,8 +201,8 @@ void Nic::Impl::flush_send(SoftQp* qp) {
   while (qp->out_size()) {
     Outstanding& o = qp->out_at(qp->out_head);
     if (!o.syndrome) o.syndrome = kSyndromeWrFlush;
-    complete_send(qp, o);
     qp->sq_retired.fetch_add(o.wqebbs, std::memory_order_release);
+    complete_send(qp, o);
     ++qp->out_head;
   }
   qp->out_rd_atomic = 0;
@@ -216,9 +218,9 @@ void Nic::Impl::flush_send(SoftQp* qp) {
     o.wqe_ci = qp->sq_ci;
     o.opcode = w.ctrl.opcode;
     o.syndrome = kSyndromeWrFlush;
-    complete_send(qp, o);
     qp->sq_ci = uint16_t(qp->sq_ci + bbs);
     qp->sq_retired.fetch_add(bbs, std::memory_order_release);
+    complete_send(qp, o);
   }
 }
 
@@ -230,9 +232,9 @@ void Nic::Impl::flush_recv(SoftQp* qp) {
     f.qpn = qp->number;
     f.wqe_counter = qp->rq_ci;
     f.syndrome = kSyndromeWrFlush;
-    push_cqe(qp->rcq, f, qp);
     ++qp->rq_ci;
     qp->rq_retired.fetch_add(1, std::memory_order_release);
+    push_cqe(qp->rcq, f, qp);
   }
 }
 
