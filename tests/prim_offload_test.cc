@@ -183,6 +183,37 @@ TEST(FrozenCpuForwardChain, NoOperationCompletesUntilTheForwardersThaw) {
   EXPECT_TRUE(Cluster::reads_equal(c.group(), m));
 }
 
+// The agents re-arm in the background while the NICs run: over a long run
+// with few slots and small batches every slot is re-armed many times, each
+// time racing the NIC that completes the slot, and the client never starves.
+TEST(OffloadAgents, ReArmingKeepsUpWithALongRunOfOperations) {
+  ClusterOptions o = threaded(ForwardMode::kOffload);
+  o.slots = 16;
+  o.rearm_batch = 2;
+  o.op_timeout_ns = 5'000'000'000;
+  Cluster c(o);
+  Model m(c.n(), o.region_size);
+  constexpr int kOps = 10000, kWindow = 12;
+  std::deque<Op> ops(kWindow);
+  std::vector<std::vector<std::byte>> sent(kWindow);
+  for (int k = 0; k < kOps; ++k) {
+    Op& op = ops[k % kWindow];
+    if (k >= kWindow) {
+      ASSERT_TRUE(IsOk(c.group().wait(op))) << "op " << k - kWindow;
+    }
+    sent[k % kWindow] = pattern(8 + k % 56, k);
+    const uint64_t off = 64 * (k % 512);
+    ASSERT_TRUE(IsOk(c.group().write(op, off, sent[k % kWindow]))) << "op " << k;
+    m.write(off, sent[k % kWindow]);
+  }
+  for (Op& op : ops) ASSERT_TRUE(IsOk(c.group().wait(op)));
+  EXPECT_EQ(c.group().completed(), uint64_t(kOps));
+  EXPECT_FALSE(c.group().broken());
+  EXPECT_TRUE(c.regions_equal(m));
+  for (uint32_t i = 0; i < c.n(); ++i)
+    EXPECT_GE(c.host(i).slots_rearmed(), uint64_t(kOps - o.slots)) << "replica " << i;
+}
+
 // ---- deterministic: agent turns never run ---------------------------------------------------
 constexpr uint64_t kOpTimeoutNs = 5'000'000;  // virtual
 
