@@ -19,6 +19,7 @@ PACKAGES=(
   libgtest-dev       # GoogleTest
   libgmock-dev       # GoogleMock
   libbenchmark-dev   # Google Benchmark
+  iproute2           # ip netns / veth for the network-namespace tests
 )
 
 missing=()

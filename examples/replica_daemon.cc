@@ -16,6 +16,7 @@
 // for that line), then serves until SIGTERM/SIGINT. Files are created when
 // missing and found again after a restart: what was made durable is there.
 // Exit status: 0 after a signal, 2 for a bad config, 1 for any other error.
+#include <pthread.h>
 #include <signal.h>
 
 #include <cstdio>
@@ -80,9 +81,6 @@ Result<Config> parse_config(const std::string& file) {
   return c;
 }
 
-volatile sig_atomic_t g_stop = 0;
-void on_signal(int) { g_stop = 1; }
-
 int fail(const char* what, const Status& s, int code = 1) {
   std::fprintf(stderr, "hyperloop-replica: %s: %s\n", what, s.to_string().c_str());
   return code;
@@ -95,6 +93,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: hyperloop-replica CONFIG\n");
     return 2;
   }
+  // SIGTERM/SIGINT are taken with sigwait below; block them before any thread
+  // starts so none of them can take the signal (or lose it).
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   auto config = parse_config(argv[1]);
   if (!config) return fail("config", config.status(), 2);
   soft::Fabric fabric;
@@ -111,10 +116,9 @@ int main(int argc, char** argv) {
       return fail(("tenant " + std::to_string(t.id) + " (" + t.path + ")").c_str(), s);
   auto control_port = (*host)->serve_control(config->address, config->control_port);
   if (!control_port) return fail("control", control_port.status());
-  signal(SIGTERM, on_signal);
-  signal(SIGINT, on_signal);
   std::printf("ready control=%u data=%u\n", unsigned(*control_port), unsigned(*data_port));
   std::fflush(stdout);
-  while (!g_stop) pause();
+  int sig = 0;
+  sigwait(&stop_signals, &sig);  // a signal sent at any time after the block is taken here
   return 0;
 }

@@ -141,7 +141,13 @@ Result<std::shared_ptr<Port>> fabric_peer_port(Fabric::Impl* f, const PeerAddres
   {
     std::lock_guard<std::mutex> l(f->tcp_mu);
     auto it = f->links.find({peer.ipv4, peer.port});
-    if (it != f->links.end() && tcp_alive(*it->second)) link = it->second;
+    if (it != f->links.end() && tcp_alive(*it->second)) {
+      // We never read from an outbound link, so a peer that died (and maybe
+      // restarted on the same port) shows up only as EOF or a hang-up here.
+      pollfd pfd{it->second->fd, POLLIN | POLLRDHUP, 0};
+      if (::poll(&pfd, 1, 0) != 0) it->second->alive.store(false, std::memory_order_release);
+      else link = it->second;
+    }
   }
   if (!link) {
     char ip[INET_ADDRSTRLEN] = "?";

@@ -1,0 +1,954 @@
+// daemon_test.cc: the replica daemon (examples/replica_daemon.cc) and chains
+// across processes over the soft NIC's TCP wire.
+//
+//   DaemonChainTest     three hyperloop-replica processes on 127.0.0.1, the
+//                       client in this process: every primitive, two tenants
+//                       at once, results read back from every replica.
+//   DaemonCrashTest     a stream of gWRITE+gFLUSH; after K acknowledged pairs
+//                       the middle daemon gets SIGKILL (or SIGTERM): the client
+//                       sees errors within op_timeout + 1 s, never a hang; the
+//                       daemon restarts on the same files and every
+//                       acknowledged record is on every replica.
+//   DaemonErrorsTest    bad configs, missing files, ports in use: exit codes
+//                       and messages.
+//   DaemonConnectTest   Group::connect errors: wrong tenant, no daemon,
+//                       tenant already in use.
+//   NetnsTest           (root only) each daemon in its own network namespace,
+//                       joined by veth pairs to a bridge in this namespace
+//                       (a documentation /24 no interface here uses; the
+//                       bridge has no physical port: nothing leaves the
+//                       machine): the same chain across namespaces, then a
+//                       partition (a veth taken down) fails operations within
+//                       a bound.
+//
+// No sleeps: the daemons' ready lines say when they serve, acknowledgements
+// say how far a stream got, pidfds say when a process exited. Every process
+// started here is killed by the fixtures (and dies with the test process).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+
+#include <array>
+#include <deque>
+#include <set>
+
+#include "daemon_test_util.h"
+
+namespace hyperloop::daemon_test {
+namespace {
+
+using prim::ForwardMode;
+using prim::Group;
+using prim::Op;
+
+constexpr ForwardMode kModes[] = {ForwardMode::kOffload, ForwardMode::kCpuForward};
+std::string mode_name(const ::testing::TestParamInfo<ForwardMode>& p) {
+  return p.param == ForwardMode::kOffload ? "Offload" : "CpuForward";
+}
+
+// ---- a shadow of every replica's region ----------------------------------------------------------
+class Model {
+ public:
+  Model(uint32_t replicas, size_t bytes) : r_(replicas, std::vector<std::byte>(bytes)) {}
+  std::vector<std::byte>& replica(uint32_t i) { return r_[i]; }
+  void write(uint64_t off, std::span<const std::byte> b) {
+    for (auto& r : r_) std::memcpy(r.data() + off, b.data(), b.size());
+  }
+  void memcpy(uint64_t src, uint64_t dst, uint64_t len) {
+    for (auto& r : r_) std::memmove(r.data() + dst, r.data() + src, len);
+  }
+  // Applies a gCAS; returns the old values the client must see.
+  std::vector<uint64_t> cas(uint64_t off, uint64_t compare, uint64_t swap, uint32_t mask) {
+    std::vector<uint64_t> old(r_.size(), 0);
+    for (uint32_t i = 0; i < r_.size(); ++i) {
+      if (!(mask & (1u << i))) continue;
+      std::memcpy(&old[i], r_[i].data() + off, 8);
+      if (old[i] == compare) std::memcpy(r_[i].data() + off, &swap, 8);
+    }
+    return old;
+  }
+  const std::vector<std::byte>& replica(uint32_t i) const { return r_[i]; }
+
+ private:
+  std::vector<std::vector<std::byte>> r_;
+};
+
+std::vector<std::byte> pattern(size_t n, uint32_t seed) {
+  std::vector<std::byte> v(n);
+  uint32_t x = seed * 2654435761u + 1;
+  for (auto& b : v) {
+    x = x * 1664525u + 1013904223u;
+    b = std::byte(x >> 24);
+  }
+  return v;
+}
+
+// Reads every replica's whole region over RDMA READ and compares with the model.
+void expect_replicas_match(Group& g, const Model& m, const std::string& what) {
+  std::vector<std::byte> got(g.region_size());
+  for (uint32_t r = 0; r < g.replicas(); ++r) {
+    Status s = g.read(r, 0, got);
+    ASSERT_TRUE(s.is_ok()) << what << ": read of replica " << r << ": " << describe(s);
+    const auto& want = m.replica(r);
+    size_t bad = 0, first = SIZE_MAX;
+    for (size_t i = 0; i < got.size(); ++i)
+      if (got[i] != want[i]) {
+        ++bad;
+        first = std::min(first, i);
+      }
+    EXPECT_EQ(bad, 0u) << what << ": replica " << r << " differs from the model in " << bad
+                       << " bytes, first at offset " << first;
+  }
+}
+
+// Operations must stay alive until done or until their Group is destroyed,
+// also when an assertion returns early: tests take them from a pool that
+// outlives every Group (a fixture member; Groups are locals of the test body).
+using OpPool = std::deque<Op>;
+
+// Every primitive over g, checked against a model: pipelined gWRITEs, gFLUSH,
+// gMEMCPY, gCAS with partial masks (old values checked), then every replica
+// read back. seed varies the bytes so two tenants' regions differ.
+void exercise_all_primitives(Group& g, uint32_t seed, OpPool& pool) {
+  const size_t R = g.region_size();
+  ASSERT_GE(R, 256u * 1024);
+  const uint32_t n = g.replicas();
+  const uint64_t bound = kOpTimeoutNs + 1'000'000'000;
+  // The model starts from what the replicas hold (an earlier group may have
+  // left bytes there).
+  Model m(n, R);
+  for (uint32_t r = 0; r < n; ++r) {
+    Status s = g.read(r, 0, m.replica(r));
+    ASSERT_TRUE(s.is_ok()) << "initial read of replica " << r << ": " << describe(s);
+  }
+
+  // 1. A 4 KiB gWRITE and its gFLUSH.
+  const auto a = pattern(4096, seed);
+  Op &w = pool.emplace_back(), &f = pool.emplace_back();
+  ASSERT_TRUE(g.write(w, 0, a).is_ok());
+  ASSERT_TRUE(g.flush(f, 0, a.size()).is_ok());
+  ASSERT_TRUE(g.wait(w, bound).is_ok()) << describe(w.status());
+  ASSERT_TRUE(g.wait(f, bound).is_ok()) << describe(f.status());
+  m.write(0, a);
+
+  // 2. 64 pipelined gWRITEs of 256 bytes, then one gFLUSH over them: they
+  // complete in issue order.
+  std::vector<Op*> ws;
+  for (int i = 0; i < 64; ++i) ws.push_back(&pool.emplace_back());
+  std::vector<std::vector<std::byte>> chunks;
+  for (size_t i = 0; i < ws.size(); ++i) {
+    chunks.push_back(pattern(256, seed * 100 + uint32_t(i)));
+    Status s = g.write(*ws[i], 8192 + i * 256, chunks.back());
+    ASSERT_TRUE(s.is_ok()) << "pipelined gWRITE " << i << ": " << describe(s);
+    m.write(8192 + i * 256, chunks.back());
+  }
+  Op& f2 = pool.emplace_back();
+  ASSERT_TRUE(g.flush(f2, 8192, ws.size() * 256).is_ok());
+  for (size_t i = 0; i < ws.size(); ++i) {
+    ASSERT_TRUE(g.wait(*ws[i], bound).is_ok()) << "gWRITE " << i << ": " << describe(ws[i]->status());
+    if (i) {
+      EXPECT_LT(ws[i - 1]->sequence(), ws[i]->sequence());
+    }
+  }
+  ASSERT_TRUE(g.wait(f2, bound).is_ok()) << describe(f2.status());
+
+  // 3. gMEMCPY of the first 4 KiB to 64 KiB, made durable.
+  Op &c = pool.emplace_back(), &f3 = pool.emplace_back();
+  ASSERT_TRUE(g.memcpy(c, 0, 65536, 4096).is_ok());
+  ASSERT_TRUE(g.flush(f3, 65536, 4096).is_ok());
+  ASSERT_TRUE(g.wait(c, bound).is_ok()) << describe(c.status());
+  ASSERT_TRUE(g.wait(f3, bound).is_ok()) << describe(f3.status());
+  m.memcpy(0, 65536, 4096);
+
+  // 4. gCAS, pipelined, with masks that make the replicas diverge, on a
+  // word first zeroed by a gWRITE (the first gCAS is held back until it lands).
+  const uint64_t off = 131072;
+  const uint64_t zero = 0;
+  Op& z = pool.emplace_back();
+  ASSERT_TRUE(g.write(z, off, {reinterpret_cast<const std::byte*>(&zero), 8}).is_ok());
+  m.write(off, {reinterpret_cast<const std::byte*>(&zero), 8});
+  const uint64_t A = 0xA000 + seed, B = 0xB000 + seed, C = 0xC000 + seed;
+  const uint32_t all = (1u << n) - 1, ends = n >= 3 ? 0b101u : all;
+  struct Cas {
+    uint64_t compare, swap;
+    uint32_t mask;
+  } cases[] = {{0, A, all}, {A, B, ends}, {B, C, all}, {A, C, all}};
+  Op* cs[4];
+  for (auto& op : cs) op = &pool.emplace_back();
+  std::vector<std::vector<uint64_t>> expect_old;
+  for (size_t i = 0; i < 4; ++i) {
+    Status s = g.cas(*cs[i], off, cases[i].compare, cases[i].swap, cases[i].mask);
+    ASSERT_TRUE(s.is_ok()) << "gCAS " << i << ": " << describe(s);
+    expect_old.push_back(m.cas(off, cases[i].compare, cases[i].swap, cases[i].mask));
+  }
+  ASSERT_TRUE(g.wait(z, bound).is_ok()) << describe(z.status());
+  for (size_t i = 0; i < 4; ++i) {
+    ASSERT_TRUE(g.wait(*cs[i], bound).is_ok()) << "gCAS " << i << ": " << describe(cs[i]->status());
+    std::vector<uint64_t> got(cs[i]->old_values().begin(), cs[i]->old_values().end());
+    EXPECT_EQ(got, expect_old[i]) << "old values of gCAS " << i;
+  }
+
+  // 5. Everything durable, then every replica read back.
+  Op& f4 = pool.emplace_back();
+  ASSERT_TRUE(g.flush(f4, 0, R).is_ok());
+  ASSERT_TRUE(g.wait(f4, bound).is_ok()) << describe(f4.status());
+  expect_replicas_match(g, m, "after every primitive");
+}
+
+// ---- self-describing records (as in the manual smoke test) -----------------------------------------
+constexpr uint64_t kRecordBytes = 64;
+constexpr uint64_t kRecordMagic = 0x5245430000000000ull;  // "REC" in the top bytes
+void make_record(uint64_t k, uint64_t rec[8]) {
+  for (uint64_t i = 0; i < 8; ++i) rec[i] = kRecordMagic | (k << 8) | i;
+}
+std::span<const std::byte> as_bytes(const uint64_t rec[8]) { return {reinterpret_cast<const std::byte*>(rec), 64}; }
+
+struct Pair {
+  uint64_t k = 0;
+  uint64_t rec[8];
+  Op w, f;
+  bool flush_issued = false;
+};
+// Pairs whose Ops may still be in flight: destroy the Group first.
+using PairQueue = std::deque<std::unique_ptr<Pair>>;
+
+struct StreamOutcome {
+  uint64_t acked = 0;   // pairs whose gWRITE and gFLUSH both completed OK (records 0..acked-1)
+  uint64_t issued = 0;  // pairs issued (the first gWRITE at least)
+  Status error;         // the first failure seen after the fault
+  double fault_to_error_s = -1;
+};
+
+// Streams gWRITE+gFLUSH pairs of records 0, 1, 2, ... (a few in flight),
+// counting acknowledged pairs in order. After `fault_after` pairs are
+// acknowledged it runs fault() and goes on until an operation fails.
+void stream_until_failure(Group& g, PairQueue& q, uint64_t first_record, uint64_t fault_after,
+                          const std::function<void()>& fault, StreamOutcome* out, size_t window = 4) {
+  const uint64_t bound = kOpTimeoutNs + 1'000'000'000;
+  const uint64_t capacity = g.region_size() / kRecordBytes;
+  uint64_t next = first_record;
+  bool faulted = false;
+  Clock::time_point fault_at;
+  auto fail = [&](Status s) {
+    out->error = std::move(s);
+    if (faulted) out->fault_to_error_s = seconds_since(fault_at);
+  };
+  for (;;) {
+    while (q.size() < window) {
+      ASSERT_LT(next, capacity) << "the region is full of records and still no error after the fault";
+      auto p = std::make_unique<Pair>();
+      p->k = next;
+      make_record(p->k, p->rec);
+      Pair& pr = *p;
+      Status s = g.write(pr.w, pr.k * kRecordBytes, as_bytes(pr.rec));
+      if (!s.is_ok()) return fail(s);
+      q.push_back(std::move(p));
+      ++next;
+      out->issued = next - first_record;
+      s = g.flush(pr.f, pr.k * kRecordBytes, kRecordBytes);
+      if (!s.is_ok()) return fail(s);
+      pr.flush_issued = true;
+    }
+    Pair& p = *q.front();
+    Status s = g.wait(p.w, bound);
+    if (s.is_ok()) s = g.wait(p.f, bound);
+    if (!s.is_ok()) return fail(s);
+    ASSERT_EQ(p.k, first_record + out->acked) << "acknowledgements out of order";
+    ++out->acked;
+    q.pop_front();
+    if (!faulted && out->acked == fault_after) {
+      fault();
+      faulted = true;
+      fault_at = Clock::now();
+    }
+  }
+}
+
+// Every record in [from, to) must be intact on every replica.
+void expect_records(Group& g, uint64_t from, uint64_t to, const std::string& what) {
+  if (to <= from) return;
+  std::vector<uint64_t> buf((to - from) * 8);
+  std::span<std::byte> bytes(reinterpret_cast<std::byte*>(buf.data()), buf.size() * 8);
+  for (uint32_t r = 0; r < g.replicas(); ++r) {
+    Status s = g.read(r, from * kRecordBytes, bytes);
+    ASSERT_TRUE(s.is_ok()) << what << ": read of replica " << r << ": " << describe(s);
+    uint64_t missing = 0, first = UINT64_MAX;
+    for (uint64_t k = from; k < to; ++k) {
+      uint64_t want[8];
+      make_record(k, want);
+      if (std::memcmp(want, &buf[(k - from) * 8], 64) != 0) {
+        ++missing;
+        first = std::min(first, k);
+      }
+    }
+    EXPECT_EQ(missing, 0u) << what << ": replica " << r << " lacks " << missing << " of the acknowledged records ["
+                           << from << ", " << to << "), first " << first;
+  }
+}
+
+// Writes and flushes records [from, to) one pair at a time.
+void write_records(Group& g, uint64_t from, uint64_t to, OpPool& pool) {
+  for (uint64_t k = from; k < to; ++k) {
+    uint64_t rec[8];
+    make_record(k, rec);
+    Op &w = pool.emplace_back(), &f = pool.emplace_back();
+    ASSERT_TRUE(g.write(w, k * kRecordBytes, as_bytes(rec)).is_ok());
+    ASSERT_TRUE(g.flush(f, k * kRecordBytes, kRecordBytes).is_ok());
+    ASSERT_TRUE(g.wait(w, kOpTimeoutNs + 1'000'000'000).is_ok()) << describe(w.status());
+    ASSERT_TRUE(g.wait(f, kOpTimeoutNs + 1'000'000'000).is_ok()) << describe(f.status());
+  }
+}
+
+// ---- fixtures ---------------------------------------------------------------------------------------
+class DaemonFixture : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(dir_.ok()) << "cannot create a temporary directory under " << temp_base();
+    watchdog_.on_hang([path = dir_.path()] {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);
+    });
+  }
+
+  Daemon& add_daemon(DaemonSpec spec, std::vector<std::string> prefix = {}) {
+    daemons_.push_back(std::make_unique<Daemon>("r" + std::to_string(daemons_.size()), dir_.path(), std::move(spec),
+                                                std::move(prefix)));
+    return *daemons_.back();
+  }
+  // n daemons on address hosting `tenants` (id, bytes), each with its own
+  // files. fixed_ports[i] (if given and true): daemon i gets control and data
+  // ports outside the ephemeral range, written into its config, so that it
+  // can restart on them.
+  void start_daemons(uint32_t n, std::vector<std::pair<uint32_t, size_t>> tenants,
+                     const std::string& address = "127.0.0.1", std::vector<bool> fixed_ports = {}) {
+    for (uint32_t i = 0; i < n; ++i) {
+      DaemonSpec spec;
+      spec.address = address;
+      for (auto [id, bytes] : tenants)
+        spec.tenants.push_back({id, bytes, dir_.file("r" + std::to_string(i) + "-t" + std::to_string(id) + ".pmem")});
+      Daemon& d = add_daemon(spec);
+      watchdog_.phase("starting daemon " + d.name());
+      if (i >= fixed_ports.size() || !fixed_ports[i]) {
+        ASSERT_TRUE(d.start());
+        continue;
+      }
+      // Another process may take a port between our probe and the daemon's
+      // bind: then try other ones.
+      for (int attempt = 0;; ++attempt) {
+        d.spec().control_port = free_port_outside_ephemeral(address);
+        d.spec().data_port = free_port_outside_ephemeral(address);
+        ASSERT_NE(d.spec().control_port, 0) << "no free port outside the ephemeral range";
+        ASSERT_NE(d.spec().data_port, 0) << "no free port outside the ephemeral range";
+        auto started = d.start();
+        if (started) break;
+        ASSERT_LT(attempt, 4) << started.message();
+        ASSERT_NE(d.stderr_text().find("in use"), std::string::npos) << started.message();
+      }
+    }
+  }
+  std::vector<std::string> endpoints() const {
+    std::vector<std::string> v;
+    for (const auto& d : daemons_) v.push_back(d->endpoint());
+    return v;
+  }
+  // Appends every daemon's stderr to a failure message.
+  std::string daemon_logs() const {
+    std::string s;
+    for (const auto& d : daemons_) s += "\n--- " + d->name() + " stderr:\n" + d->stderr_text();
+    return s;
+  }
+  Result<std::unique_ptr<Group>> connect(uint32_t tenant, size_t region, ForwardMode mode) {
+    watchdog_.phase("Group::connect tenant " + std::to_string(tenant));
+    auto eps = endpoints();
+    return Group::connect(client_.nic(), eps, group_options(tenant, region, mode));
+  }
+
+  // Destroyed in reverse order: daemons (killed), operations, the client,
+  // the files, the watchdog. Groups are locals of the test body: gone before.
+  Watchdog watchdog_{std::chrono::seconds(90)};
+  TempDir dir_;
+  Client client_;
+  OpPool ops_;
+  std::vector<std::unique_ptr<Daemon>> daemons_;
+};
+
+// ---- 1. all primitives over three daemons --------------------------------------------------------------
+class DaemonChainTest : public DaemonFixture, public ::testing::WithParamInterface<ForwardMode> {};
+
+TEST_P(DaemonChainTest, AllPrimitivesOnThreeDaemonsTwoTenants) {
+  constexpr size_t kRegion = 256 * 1024;
+  ASSERT_NO_FATAL_FAILURE(start_daemons(3, {{1, kRegion}, {2, kRegion}}));
+  ASSERT_TRUE(client_.init("127.0.0.1").is_ok());
+  auto g1 = connect(1, kRegion, GetParam());
+  ASSERT_TRUE(g1.is_ok()) << describe(g1.status()) << daemon_logs();
+  auto g2 = connect(2, kRegion, GetParam());  // a second tenant on the same daemons, at the same time
+  ASSERT_TRUE(g2.is_ok()) << describe(g2.status()) << daemon_logs();
+  EXPECT_EQ((*g1)->replicas(), 3u);
+  EXPECT_EQ((*g1)->mode(), GetParam());
+
+  watchdog_.phase("primitives on tenant 1");
+  ASSERT_NO_FATAL_FAILURE(exercise_all_primitives(**g1, 1, ops_)) << daemon_logs();
+  watchdog_.phase("primitives on tenant 2");
+  ASSERT_NO_FATAL_FAILURE(exercise_all_primitives(**g2, 2, ops_)) << daemon_logs();
+  // Tenant 2's operations did not touch tenant 1's regions (and vice versa):
+  // each region still equals its own model (checked inside), and differs from the other.
+  std::vector<std::byte> b1(4096), b2(4096);
+  ASSERT_TRUE((*g1)->read(2, 0, b1).is_ok());
+  ASSERT_TRUE((*g2)->read(2, 0, b2).is_ok());
+  EXPECT_EQ(b1, pattern(4096, 1));
+  EXPECT_EQ(b2, pattern(4096, 2));
+  EXPECT_FALSE((*g1)->broken());
+  EXPECT_FALSE((*g2)->broken());
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, DaemonChainTest, ::testing::ValuesIn(kModes), mode_name);
+
+// ---- 2. a daemon killed in the middle of a stream, restarted on the same files ------------------------
+class DaemonCrashTest : public DaemonFixture, public ::testing::WithParamInterface<ForwardMode> {
+ protected:
+  static constexpr size_t kRegion = 1 << 20;  // 16384 records
+  static constexpr uint64_t kAckedBeforeFault = 50;
+
+  // sig: SIGKILL or SIGTERM for the middle daemon. It restarts on the same
+  // config and files; same_control_port / same_data_port: on the ports it had
+  // (written into its config), else on fresh ones read from its ready line.
+  void crash_and_restart(int sig, bool same_control_port, bool same_data_port) {
+    ASSERT_NO_FATAL_FAILURE(
+        start_daemons(3, {{1, kRegion}}, "127.0.0.1", {false, same_control_port || same_data_port, false}));
+    ASSERT_TRUE(client_.init("127.0.0.1").is_ok());
+    Daemon& middle = *daemons_[1];
+    const uint16_t old_control = middle.control_port(), old_data = middle.data_port();
+    const std::string old_endpoint = middle.endpoint();
+
+    PairQueue q;  // declared before the group: the group goes first
+    StreamOutcome out;
+    {
+      auto g = connect(1, kRegion, GetParam());
+      ASSERT_TRUE(g.is_ok()) << describe(g.status()) << daemon_logs();
+      watchdog_.phase("streaming gWRITE+gFLUSH, then signal " + std::to_string(sig) + " to the middle daemon");
+      ASSERT_NO_FATAL_FAILURE(stream_until_failure(
+          **g, q, 0, kAckedBeforeFault, [&] { middle.process()->signal(sig); }, &out))
+          << daemon_logs();
+      ASSERT_GE(out.acked, kAckedBeforeFault)
+          << "the stream failed before the fault: " << describe(out.error) << daemon_logs();
+      // The client saw an error, not a hang: within op_timeout (+1 s of slack).
+      EXPECT_FALSE(out.error.is_ok());
+      EXPECT_TRUE(out.error.code() == StatusCode::kUnavailable || out.error.code() == StatusCode::kDeadlineExceeded)
+          << describe(out.error);
+      EXPECT_GE(out.fault_to_error_s, 0);
+      EXPECT_LT(out.fault_to_error_s, kOpTimeoutNs / 1e9 + 1.0)
+          << "the first error came " << out.fault_to_error_s << " s after the signal: " << describe(out.error);
+      std::printf("[          ] %s: %lu pairs acknowledged, %lu issued; first error %.3f s after the signal: %s\n",
+                  sig == SIGKILL ? "SIGKILL" : "SIGTERM", (unsigned long)out.acked, (unsigned long)out.issued,
+                  out.fault_to_error_s, describe(out.error).c_str());
+      // And every later operation fails too, quickly.
+      watchdog_.phase("operations on the broken group");
+      const auto t = Clock::now();
+      uint64_t rec[8];
+      make_record(0, rec);
+      Op& w = ops_.emplace_back();
+      Status s = (*g)->write(w, 0, as_bytes(rec));
+      if (s.is_ok()) s = (*g)->wait(w, kOpTimeoutNs + 1'000'000'000);
+      EXPECT_FALSE(s.is_ok()) << "an operation succeeded on a chain whose middle daemon is down";
+      EXPECT_LT(seconds_since(t), kOpTimeoutNs / 1e9 + 1.0) << describe(s);
+      // (broken() is not asserted: some refusals, e.g. "no armed slot within
+      // op_timeout", fail the operation without breaking the group.)
+
+      watchdog_.phase("waiting for the signalled daemon to exit");
+      ASSERT_TRUE(middle.stop(sig));
+      if (sig == SIGKILL) {
+        EXPECT_TRUE(WIFSIGNALED(middle.exit_status()) && WTERMSIG(middle.exit_status()) == SIGKILL)
+            << middle.describe_exit();
+      } else {
+        EXPECT_TRUE(WIFEXITED(middle.exit_status()) && WEXITSTATUS(middle.exit_status()) == 0)
+            << "SIGTERM must end the daemon with status 0, got " << middle.describe_exit()
+            << "; stderr: " << middle.stderr_text();
+      }
+      watchdog_.phase("destroying the broken group");
+      const auto td = Clock::now();
+      g->reset();  // the remaining daemons drop the tenant's members
+      EXPECT_LT(seconds_since(td), 5.0) << "destroying the broken group took long";
+    }
+    q.clear();
+
+    // While the daemon is down a new group cannot be built: a clear error, at once.
+    {
+      const auto t = Clock::now();
+      auto g = connect(1, kRegion, GetParam());
+      ASSERT_FALSE(g.is_ok()) << "Group::connect succeeded with a daemon down";
+      EXPECT_EQ(g.status().code(), StatusCode::kUnavailable) << describe(g.status());
+      EXPECT_NE(g.status().message().find(old_endpoint), std::string::npos) << describe(g.status());
+      EXPECT_LT(seconds_since(t), 5.0);
+    }
+
+    // Restart on the same files (the same config, ports fixed as asked;
+    // otherwise 0: fresh ones, read from the ready line).
+    middle.spec().control_port = same_control_port ? old_control : 0;
+    middle.spec().data_port = same_data_port ? old_data : 0;
+    watchdog_.phase("restarting the middle daemon");
+    ASSERT_TRUE(middle.start()) << daemon_logs();
+    if (same_control_port) {
+      EXPECT_EQ(middle.control_port(), old_control);
+    }
+    if (same_data_port) {
+      EXPECT_EQ(middle.data_port(), old_data);
+    }
+
+    auto g = connect(1, kRegion, GetParam());
+    ASSERT_TRUE(g.is_ok()) << "a new chain after the restart: " << describe(g.status()) << daemon_logs();
+    watchdog_.phase("verifying acknowledged records on every replica");
+    ASSERT_NO_FATAL_FAILURE(expect_records(**g, 0, out.acked, "after the restart")) << daemon_logs();
+    // The chain works again, the restarted replica included.
+    watchdog_.phase("writing through the new chain");
+    const uint64_t more_from = out.issued, more_to = out.issued + 20;
+    ASSERT_NO_FATAL_FAILURE(write_records(**g, more_from, more_to, ops_)) << daemon_logs();
+    ASSERT_NO_FATAL_FAILURE(expect_records(**g, more_from, more_to, "written after the restart"));
+  }
+};
+
+TEST_P(DaemonCrashTest, SigkillMidStreamThenRestartKeepsEveryFlushedWrite) {
+  crash_and_restart(SIGKILL, /*same_control_port=*/false, /*same_data_port=*/false);
+}
+
+TEST_P(DaemonCrashTest, SigtermMidStreamThenRestartOnTheSameControlPort) {
+  crash_and_restart(SIGTERM, /*same_control_port=*/true, /*same_data_port=*/false);
+}
+
+// Disabled: a known soft-NIC bug. A fabric caches one outbound TCP connection
+// per remote endpoint and reuses it while no send on it has failed; a QP's
+// port keeps the connection it was connected with. A NIC that sent nothing to
+// the old daemon after it died (here the client: its READ QP to the middle
+// replica) still holds the dead connection when the daemon is back on the
+// same data port, so the new chain's QPs to it lose every packet and fail
+// with "transport retry counter exceeded" (rnic/soft/tcp.cc fabric_peer_port,
+// engine.cc transmit). Enable when a dead connection is detected (peer EOF)
+// or re-established.
+TEST_P(DaemonCrashTest, SigkillThenRestartOnTheSameDataPort) {
+  crash_and_restart(SIGKILL, /*same_control_port=*/true, /*same_data_port=*/true);
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, DaemonCrashTest, ::testing::ValuesIn(kModes), mode_name);
+
+// ---- 3. daemon errors ----------------------------------------------------------------------------------
+class DaemonErrorsTest : public DaemonFixture {
+ protected:
+  // Writes text as a config and runs the daemon on it to its exit.
+  RunResult run_config(const std::string& name, const std::string& text) {
+    const std::string path = dir_.file(name);
+    write_file(path, text);
+    return run_daemon_to_exit(dir_.path(), path);
+  }
+  std::string tenant_line(uint32_t id = 1) {
+    return "tenant " + std::to_string(id) + " 65536 " + dir_.file("t" + std::to_string(id) + ".pmem") + "\n";
+  }
+};
+
+#define EXPECT_DAEMON_FAILS(result, exit_code, ...)                                                         \
+  do {                                                                                                      \
+    const RunResult& r_ = (result);                                                                         \
+    EXPECT_EQ(r_.code, exit_code) << "daemon: " << r_.describe << "; stderr: " << r_.err;                   \
+    for (const std::string& needle_ : std::vector<std::string>{__VA_ARGS__})                                \
+      EXPECT_NE(r_.err.find(needle_), std::string::npos) << "stderr lacks '" << needle_ << "': " << r_.err; \
+  } while (0)
+
+TEST_F(DaemonErrorsTest, BadConfigExitsWithStatus2NamingFileAndLine) {
+  const std::string f = dir_.file("bad.cfg");
+  // Unknown directive on line 3.
+  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "# comment\naddress 127.0.0.1\nbogus 1\n" + tenant_line()), 2,
+                      f + ":3:", "unknown directive 'bogus'");
+  // Bad ports.
+  EXPECT_DAEMON_FAILS(run_config("bad.cfg", tenant_line() + "control_port 70000\n"), 2, f + ":2:", "control_port",
+                      "0..65535");
+  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "data_port -1\n" + tenant_line()), 2, f + ":1:", "data_port");
+  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "control_port seven\n" + tenant_line()), 2, f + ":1:", "control_port");
+  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "control_port\n" + tenant_line()), 2, f + ":1:", "control_port");
+  // Tenant lines missing fields, or with junk.
+  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "address 127.0.0.1\ntenant 1 4096\n"), 2, f + ":2:", "tenant needs");
+  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "tenant 1\n"), 2, f + ":1:", "tenant needs");
+  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "tenant one 4096 /x.pmem\n"), 2, f + ":1:", "tenant needs");
+  EXPECT_DAEMON_FAILS(run_config("bad.cfg", tenant_line() + "address 127.0.0.1 extra\n"), 2,
+                      f + ":2:", "unexpected 'extra'");
+  // No tenants at all.
+  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "address 127.0.0.1\ncontrol_port 0\n"), 2, f, "no tenant");
+  EXPECT_DAEMON_FAILS(run_config("bad.cfg", ""), 2, f, "no tenant");
+}
+
+TEST_F(DaemonErrorsTest, MissingConfigFileAndUsage) {
+  const std::string missing = dir_.file("does-not-exist.cfg");
+  EXPECT_DAEMON_FAILS(run_daemon_to_exit(dir_.path(), missing), 2, missing, "cannot open");
+  // No argument: usage, status 2.
+  std::string error;
+  const std::string err_path = dir_.file("usage.stderr");
+  auto p = Process::spawn({HYPERLOOP_REPLICA_BIN}, err_path, &error);
+  ASSERT_TRUE(p) << error;
+  ASSERT_TRUE(p->wait_exit(kExitTimeoutMs)) << "hyperloop-replica without arguments did not exit";
+  EXPECT_TRUE(WIFEXITED(p->wait_status()) && WEXITSTATUS(p->wait_status()) == 2) << p->describe_exit();
+  EXPECT_NE(read_file(err_path).find("usage"), std::string::npos) << read_file(err_path);
+}
+
+TEST_F(DaemonErrorsTest, PmemFileInAMissingDirectoryExitsWithStatus1NamingThePath) {
+  const std::string path = dir_.file("no-such-dir/t1.pmem");
+  EXPECT_DAEMON_FAILS(run_config("pmem.cfg", "tenant 1 65536 " + path + "\n"), 1, path, "tenant 1");
+  EXPECT_FALSE(std::filesystem::exists(dir_.file("no-such-dir")));
+}
+
+// A listening socket on 127.0.0.1:<any free port>; returns the port (0 on failure).
+class PortHolder {
+ public:
+  PortHolder() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof sa;
+    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || ::listen(fd_, 1) != 0 ||
+        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&sa), &len) != 0)
+      return;
+    port_ = ntohs(sa.sin_port);
+  }
+  ~PortHolder() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  uint16_t port() const { return port_; }
+
+ private:
+  int fd_ = -1;
+  uint16_t port_ = 0;
+};
+
+TEST_F(DaemonErrorsTest, ControlPortInUseExitsWithStatus1) {
+  PortHolder busy;
+  ASSERT_NE(busy.port(), 0) << "cannot bind a socket on 127.0.0.1";
+  EXPECT_DAEMON_FAILS(run_config("port.cfg", "control_port " + std::to_string(busy.port()) + "\n" + tenant_line()), 1,
+                      "in use", std::to_string(busy.port()), "control");
+}
+
+TEST_F(DaemonErrorsTest, DataPortInUseExitsWithStatus1) {
+  PortHolder busy;
+  ASSERT_NE(busy.port(), 0) << "cannot bind a socket on 127.0.0.1";
+  EXPECT_DAEMON_FAILS(run_config("port.cfg", "data_port " + std::to_string(busy.port()) + "\n" + tenant_line()), 1,
+                      "in use", std::to_string(busy.port()));
+}
+
+TEST_F(DaemonErrorsTest, ControlPortOfARunningDaemonIsInUse) {
+  // The usual way to get a port in use: a second daemon on the first one's port.
+  DaemonSpec spec;
+  spec.tenants.push_back({1, 65536, dir_.file("a.pmem")});
+  Daemon& first = add_daemon(spec);
+  ASSERT_TRUE(first.start());
+  EXPECT_DAEMON_FAILS(run_config("second.cfg", "control_port " + std::to_string(first.control_port()) + "\n" +
+                                                   "tenant 1 65536 " + dir_.file("b.pmem") + "\n"),
+                      1, "in use", std::to_string(first.control_port()));
+  EXPECT_TRUE(first.running()) << "the first daemon died: " << first.describe_exit();
+}
+
+TEST_F(DaemonErrorsTest, AddressNotOnThisMachineExitsWithStatus1) {
+  // A documentation address no interface has (NetnsTest uses .1 and .11-.13).
+  EXPECT_DAEMON_FAILS(run_config("addr.cfg", "address 198.51.100.254\n" + tenant_line()), 1, "198.51.100.254");
+  EXPECT_DAEMON_FAILS(run_config("addr.cfg", "address 300.1.2.3\n" + tenant_line()), 1, "300.1.2.3");
+}
+
+TEST_F(DaemonErrorsTest, SigtermEndsAnIdleDaemonWithStatus0AndSigintToo) {
+  for (int sig : {SIGTERM, SIGINT}) {
+    DaemonSpec spec;
+    spec.tenants.push_back({1, 65536, dir_.file("s" + std::to_string(sig) + ".pmem")});
+    Daemon& d = add_daemon(spec);
+    ASSERT_TRUE(d.start());
+    ASSERT_TRUE(d.stop(sig));
+    EXPECT_TRUE(WIFEXITED(d.exit_status()) && WEXITSTATUS(d.exit_status()) == 0)
+        << "signal " << sig << ": " << d.describe_exit() << "; stderr: " << d.stderr_text();
+  }
+}
+
+// The daemon once waited with `while (!g_stop) pause();`: a SIGTERM handled
+// between the check and pause() was lost and the daemon never exited (about 1
+// start in 70 when signalled right after its ready line). It now blocks the
+// stop signals before starting threads and sigwait()s for them.
+TEST_F(DaemonErrorsTest, SigtermRightAfterTheReadyLineIsNeverLost) {
+  DaemonSpec spec;
+  spec.tenants.push_back({1, 65536, dir_.file("race.pmem")});
+  for (int i = 0; i < 200; ++i) {
+    Daemon d("race" + std::to_string(i), dir_.path(), spec);
+    ASSERT_TRUE(d.start());
+    d.process()->signal(SIGTERM);
+    ASSERT_TRUE(d.process()->wait_exit(5000)) << "start " << i << ": SIGTERM right after ready was lost";
+    EXPECT_TRUE(WIFEXITED(d.exit_status()) && WEXITSTATUS(d.exit_status()) == 0) << d.describe_exit();
+  }
+}
+
+// ---- Group::connect errors against daemons ------------------------------------------------------------
+class DaemonConnectTest : public DaemonFixture {};
+
+TEST_F(DaemonConnectTest, WrongTenantIsNotFoundNamingTheTenant) {
+  ASSERT_NO_FATAL_FAILURE(start_daemons(3, {{1, 65536}}));
+  ASSERT_TRUE(client_.init("127.0.0.1").is_ok());
+  auto g = connect(7, 65536, ForwardMode::kOffload);
+  ASSERT_FALSE(g.is_ok()) << "a group for a tenant no daemon hosts";
+  EXPECT_EQ(g.status().code(), StatusCode::kNotFound) << describe(g.status());
+  EXPECT_NE(g.status().message().find("tenant 7"), std::string::npos) << describe(g.status());
+  // The daemons are unharmed: the right tenant works.
+  auto ok = connect(1, 65536, ForwardMode::kOffload);
+  ASSERT_TRUE(ok.is_ok()) << describe(ok.status()) << daemon_logs();
+  ASSERT_NO_FATAL_FAILURE(write_records(**ok, 0, 4, ops_));
+  ASSERT_NO_FATAL_FAILURE(expect_records(**ok, 0, 4, "tenant 1"));
+}
+
+TEST_F(DaemonConnectTest, RegionSizeDifferentFromTheDaemonsIsRefused) {
+  ASSERT_NO_FATAL_FAILURE(start_daemons(3, {{1, 65536}}));
+  ASSERT_TRUE(client_.init("127.0.0.1").is_ok());
+  auto g = connect(1, 131072, ForwardMode::kCpuForward);
+  ASSERT_FALSE(g.is_ok());
+  EXPECT_EQ(g.status().code(), StatusCode::kInvalidArgument) << describe(g.status());
+}
+
+TEST_F(DaemonConnectTest, NoDaemonIsUnavailable) {
+  ASSERT_TRUE(client_.init("127.0.0.1").is_ok());
+  uint16_t port;
+  {
+    PortHolder p;  // a port nobody listens on once it is closed
+    port = p.port();
+  }
+  std::vector<std::string> eps = {"127.0.0.1:" + std::to_string(port)};
+  auto g = Group::connect(client_.nic(), eps, group_options(1, 65536, ForwardMode::kOffload));
+  ASSERT_FALSE(g.is_ok());
+  EXPECT_EQ(g.status().code(), StatusCode::kUnavailable) << describe(g.status());
+  EXPECT_NE(g.status().message().find(eps[0]), std::string::npos) << describe(g.status());
+  std::vector<std::string> bad = {"localhost:7400"};
+  auto g2 = Group::connect(client_.nic(), bad, group_options(1, 65536, ForwardMode::kOffload));
+  ASSERT_FALSE(g2.is_ok());
+  EXPECT_EQ(g2.status().code(), StatusCode::kInvalidArgument) << describe(g2.status());
+}
+
+TEST_F(DaemonConnectTest, TenantInUseUntilTheGroupIsDestroyed) {
+  ASSERT_NO_FATAL_FAILURE(start_daemons(2, {{1, 65536}}));
+  ASSERT_TRUE(client_.init("127.0.0.1").is_ok());
+  auto g = connect(1, 65536, ForwardMode::kOffload);
+  ASSERT_TRUE(g.is_ok()) << describe(g.status());
+  auto second = connect(1, 65536, ForwardMode::kOffload);
+  ASSERT_FALSE(second.is_ok()) << "two groups for one tenant on the same daemons";
+  EXPECT_EQ(second.status().code(), StatusCode::kAlreadyExists) << describe(second.status());
+  ASSERT_NO_FATAL_FAILURE(write_records(**g, 0, 8, ops_));
+  g->reset();  // its members are dropped: the tenant is free again, its data kept
+  auto third = connect(1, 65536, ForwardMode::kCpuForward);
+  ASSERT_TRUE(third.is_ok()) << describe(third.status()) << daemon_logs();
+  ASSERT_NO_FATAL_FAILURE(expect_records(**third, 0, 8, "after the group was rebuilt"));
+}
+
+// ---- 4. daemons in network namespaces joined by veth pairs ----------------------------------------------
+// Topology (names carry this process's id; all removed in TearDown):
+//   root namespace: bridge hlbr<pid> N.1/24 (the client listens here)
+//   hl<pid>n<i>:    veth hl<pid>p<i> N.1<i+1>/24, its peer hl<pid>h<i> on the bridge
+// N is the first of the documentation ranges 198.51.100, 203.0.113, 192.0.2
+// that no address or route of this namespace mentions: a machine may itself
+// sit in one of them (this one's eth0 is 192.0.2.2/24, gateway 192.0.2.1), and
+// a bridge address there would hijack its traffic.
+class NetnsTest : public DaemonFixture {
+ protected:
+  static constexpr int kDaemons = 3;
+
+  void SetUp() override {
+    DaemonFixture::SetUp();
+    if (HasFatalFailure()) return;
+    if (::geteuid() != 0) GTEST_SKIP() << "network namespaces need root (euid " << ::geteuid() << ")";
+    ip_ = find_executable("ip");
+    if (ip_.empty())
+      GTEST_SKIP() << "iproute2 is not installed (no 'ip' on PATH or in /sbin, /usr/sbin): install iproute2";
+    if (auto v = run_command({ip_, "-V"}, dir_.path()); v.code != 0)
+      GTEST_SKIP() << "'ip -V' fails (" << v.describe << "): " << v.err;
+    // One namespace test at a time on this machine: they would pick the same
+    // subnet in the root namespace.
+    lock_fd_ = ::open("/tmp/hyperloop-daemon-test-netns.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    ASSERT_GE(lock_fd_, 0) << "cannot open the namespace test lock file: " << std::strerror(errno);
+    watchdog_.phase("waiting for the namespace test lock /tmp/hyperloop-daemon-test-netns.lock");
+    ASSERT_EQ(::flock(lock_fd_, LOCK_EX), 0) << std::strerror(errno);
+    remove_stale_topologies();
+    if (!choose_subnet())
+      GTEST_SKIP() << "every documentation range (198.51.100/24, 203.0.113/24, 192.0.2/24) is in use here";
+
+    const std::string id = std::to_string(::getpid());
+    bridge_ = "hlbr" + id;
+    watchdog_.on_hang([this] { teardown_topology(); });
+    watchdog_.phase("creating network namespaces");
+    // The first namespace decides whether namespaces can be made here at all.
+    const std::string ns0 = "hl" + id + "n0";
+    if (auto r = ip({"netns", "add", ns0}); r.code != 0)
+      GTEST_SKIP() << "cannot create a network namespace ('ip netns add' " << r.describe << "): " << r.err;
+    namespaces_.push_back(ns0);
+    std::string why;
+    if (!build_topology(id, &why)) GTEST_SKIP() << "cannot build the veth/bridge topology: " << why;
+  }
+
+  void TearDown() override {
+    for (auto& d : daemons_) d->kill();  // before their namespaces go
+    teardown_topology();
+    if (lock_fd_ >= 0) ::close(lock_fd_);
+    lock_fd_ = -1;
+  }
+
+  RunResult ip(std::vector<std::string> args) {
+    args.insert(args.begin(), ip_);
+    return run_command(args, dir_.path());
+  }
+
+  bool build_topology(const std::string& id, std::string* why) {
+    auto step = [&](std::vector<std::string> args) {
+      auto r = ip(args);
+      if (r.code != 0) *why = "'ip " + join(args) + "' " + r.describe + ": " + r.err;
+      return r.code == 0;
+    };
+    if (!step({"link", "add", "name", bridge_, "type", "bridge"})) return false;
+    bridge_made_ = true;
+    if (!step({"addr", "add", client_address() + "/24", "dev", bridge_}) || !step({"link", "set", bridge_, "up"}))
+      return false;
+    for (int i = 0; i < kDaemons; ++i) {
+      const std::string ns = "hl" + id + "n" + std::to_string(i);
+      const std::string host_end = "hl" + id + "h" + std::to_string(i), ns_end = "hl" + id + "p" + std::to_string(i);
+      if (i > 0) {
+        if (!step({"netns", "add", ns})) return false;
+        namespaces_.push_back(ns);
+      }
+      if (!step({"link", "add", host_end, "type", "veth", "peer", "name", ns_end})) return false;
+      veths_.push_back(host_end);
+      if (!step({"link", "set", ns_end, "netns", ns}) || !step({"link", "set", host_end, "master", bridge_}) ||
+          !step({"link", "set", host_end, "up"}) ||
+          !step({"-n", ns, "addr", "add", daemon_address(i) + "/24", "dev", ns_end}) ||
+          !step({"-n", ns, "link", "set", ns_end, "up"}) || !step({"-n", ns, "link", "set", "lo", "up"}))
+        return false;
+    }
+    return true;
+  }
+
+  void teardown_topology() {
+    for (const auto& ns : namespaces_) (void)ip({"netns", "del", ns});  // takes the veth ends inside along
+    for (const auto& v : veths_) (void)ip({"link", "del", v});          // already gone, normally
+    if (bridge_made_) (void)ip({"link", "del", bridge_});
+    namespaces_.clear();
+    veths_.clear();
+    bridge_made_ = false;
+  }
+
+  // Bridges, veths and namespaces left by a namespace test process that no
+  // longer exists (killed before its teardown): a stale bridge would keep
+  // its address and routes.
+  void remove_stale_topologies() {
+    std::set<std::string> dead;
+    // marker: where our names start in a line ("" for the start of the line).
+    auto collect = [&](const std::string& text, const std::string& marker) {
+      std::istringstream ls(text);
+      for (std::string line; std::getline(ls, line);) {
+        const auto at = marker.empty() ? (line.rfind("hl", 0) == 0 ? 0 : std::string::npos) : line.find(marker);
+        if (at == std::string::npos) continue;
+        const auto from = at + (marker.empty() ? 2 : marker.size());
+        const std::string pid = line.substr(from, line.find_first_not_of("0123456789", from) - from);
+        if (!pid.empty() && pid.size() < 9 && ::kill(std::stoi(pid), 0) != 0 && errno == ESRCH) dead.insert(pid);
+      }
+    };
+    const std::string links = ip({"-o", "link", "show"}).out;
+    collect(links, ": hl");                  // "8: hl123h0@if9: ..."
+    collect(links, ": hlbr");                // "7: hlbr123: ..."
+    collect(ip({"netns", "list"}).out, "");  // "hl123n0 (id: 2)"
+    for (const auto& pid : dead) {
+      (void)ip({"link", "del", "hlbr" + pid});
+      for (int i = 0; i < kDaemons; ++i) {
+        (void)ip({"netns", "del", "hl" + pid + "n" + std::to_string(i)});
+        (void)ip({"link", "del", "hl" + pid + "h" + std::to_string(i)});
+      }
+    }
+  }
+
+  // The first documentation /24 that no address or route here mentions.
+  bool choose_subnet() {
+    const std::string used = ip({"-4", "-o", "addr", "show"}).out + ip({"-4", "route", "show", "table", "all"}).out;
+    for (const char* net : {"198.51.100.", "203.0.113.", "192.0.2."}) {
+      if (used.find(net) == std::string::npos) {
+        subnet_ = net;
+        return true;
+      }
+    }
+    return false;
+  }
+  std::string client_address() const { return subnet_ + "1"; }
+  std::string daemon_address(int i) const { return subnet_ + std::to_string(11 + i); }
+
+  void start_namespaced_daemons(size_t region) {
+    for (int i = 0; i < kDaemons; ++i) {
+      DaemonSpec spec;
+      spec.address = daemon_address(i);
+      spec.tenants.push_back({1, region, dir_.file("ns" + std::to_string(i) + ".pmem")});
+      Daemon& d = add_daemon(spec, {ip_, "netns", "exec", namespaces_[size_t(i)]});
+      watchdog_.phase("starting daemon " + d.name() + " in " + namespaces_[size_t(i)]);
+      ASSERT_TRUE(d.start());
+    }
+  }
+
+  std::string ip_;
+  std::string subnet_;  // "a.b.c."
+  std::string bridge_;
+  bool bridge_made_ = false;
+  std::vector<std::string> namespaces_, veths_;
+  int lock_fd_ = -1;
+};
+
+TEST_F(NetnsTest, ChainAcrossNamespacesThenAPartitionFailsWithinABound) {
+  constexpr size_t kRegion = 256 * 1024;
+  ASSERT_NO_FATAL_FAILURE(start_namespaced_daemons(kRegion));
+  std::printf("[          ] namespaces %s, %s, %s on bridge %s, %s0/24\n", namespaces_[0].c_str(),
+              namespaces_[1].c_str(), namespaces_[2].c_str(), bridge_.c_str(), subnet_.c_str());
+  Status listening = client_.init(client_address());
+  ASSERT_TRUE(listening.is_ok()) << "the client fabric cannot listen on the bridge address: " << describe(listening);
+
+  // Both modes, one after the other, on the same daemons and tenant.
+  for (ForwardMode mode : kModes) {
+    auto g = connect(1, kRegion, mode);
+    ASSERT_TRUE(g.is_ok()) << prim::forward_mode_name(mode) << ": " << describe(g.status()) << daemon_logs();
+    watchdog_.phase(std::string("primitives across namespaces, ") + std::string(prim::forward_mode_name(mode)));
+    ASSERT_NO_FATAL_FAILURE(exercise_all_primitives(**g, mode == ForwardMode::kOffload ? 11 : 12, ops_))
+        << daemon_logs();
+  }
+
+  // A stream of records, then the middle replica's link goes down (its
+  // process lives on: no connection is closed, packets just vanish).
+  PairQueue q;
+  StreamOutcome out;
+  const uint64_t first = 1024;  // records from offset 64 KiB on
+  {
+    auto g = connect(1, kRegion, ForwardMode::kOffload);
+    ASSERT_TRUE(g.is_ok()) << describe(g.status()) << daemon_logs();
+    watchdog_.phase("streaming, then cutting the middle namespace's veth");
+    // Heal before the group goes, also on a failed assertion: destroying it
+    // asks each daemon (over its control connection) to drop the tenant's
+    // members, and that call has no timeout: an unreachable daemon would
+    // hang it (a reported bug).
+    struct OnExit {
+      std::function<void()> f;
+      ~OnExit() { f(); }
+    } heal{[this] { (void)ip({"link", "set", veths_[1], "up"}); }};
+    std::string cut_error;
+    ASSERT_NO_FATAL_FAILURE(stream_until_failure(
+        **g, q, first, 20,
+        [&] {
+          if (auto r = ip({"link", "set", veths_[1], "down"}); r.code != 0) cut_error = r.err;
+        },
+        &out));
+    ASSERT_TRUE(cut_error.empty()) << "cannot take " << veths_[1] << " down: " << cut_error;
+    ASSERT_GE(out.acked, 20u) << describe(out.error) << daemon_logs();
+    EXPECT_FALSE(out.error.is_ok());
+    EXPECT_LT(out.fault_to_error_s, kOpTimeoutNs / 1e9 + 1.0) << describe(out.error);
+    std::printf("[          ] partition: %lu pairs acknowledged; first error %.3f s after the cut: %s\n",
+                (unsigned long)out.acked, out.fault_to_error_s, describe(out.error).c_str());
+    watchdog_.phase("healing the partition");
+    auto r = ip({"link", "set", veths_[1], "up"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    watchdog_.phase("destroying the broken group");
+    g->reset();
+  }
+  q.clear();
+  auto g = connect(1, kRegion, ForwardMode::kCpuForward);
+  ASSERT_TRUE(g.is_ok()) << "a new chain after the partition healed: " << describe(g.status()) << daemon_logs();
+  watchdog_.phase("verifying records after the partition");
+  ASSERT_NO_FATAL_FAILURE(expect_records(**g, first, first + out.acked, "acknowledged before the partition"));
+}
+
+}  // namespace
+}  // namespace hyperloop::daemon_test
