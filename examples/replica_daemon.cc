@@ -19,7 +19,9 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -69,7 +71,22 @@ Result<Config> parse_config(const std::string& file) {
       HL_RETURN_IF_ERROR(port(&c.control_port));
     } else if (key == "tenant") {
       TenantConfig t;
-      if (!(ls >> t.id >> t.size >> t.path)) return invalid_argument(where + "tenant needs: id bytes path");
+      std::string id, size;
+      if (!(ls >> id >> size >> t.path)) return invalid_argument(where + "tenant needs: id bytes path");
+      char* end = nullptr;
+      const unsigned long long v = std::strtoull(id.c_str(), &end, 10);
+      if (id.empty() || id[0] == '-' || *end || v > UINT32_MAX)
+        return invalid_argument(where + "tenant id '" + id + "' is not a number 0..4294967295");
+      t.id = uint32_t(v);
+      t.size = std::strtoull(size.c_str(), &end, 10);
+      if (size.empty() || size[0] == '-' || *end || t.size == 0 || t.size % 8)
+        return invalid_argument(where + "tenant " + id + ": region size '" + size +
+                                "' must be a positive multiple of 8 bytes");
+      for (const auto& o : c.tenants) {
+        if (o.id == t.id) return invalid_argument(where + "tenant " + id + " is listed twice");
+        if (o.path == t.path) return invalid_argument(where + "tenants " + std::to_string(o.id) + " and " + id +
+                                                      " share the file " + t.path);
+      }
       c.tenants.push_back(t);
     } else {
       return invalid_argument(where + "unknown directive '" + key + "'");

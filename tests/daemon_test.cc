@@ -566,7 +566,11 @@ TEST_F(DaemonErrorsTest, BadConfigExitsWithStatus2NamingFileAndLine) {
   // Tenant lines missing fields, or with junk.
   EXPECT_DAEMON_FAILS(run_config("bad.cfg", "address 127.0.0.1\ntenant 1 4096\n"), 2, f + ":2:", "tenant needs");
   EXPECT_DAEMON_FAILS(run_config("bad.cfg", "tenant 1\n"), 2, f + ":1:", "tenant needs");
-  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "tenant one 4096 /x.pmem\n"), 2, f + ":1:", "tenant needs");
+  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "tenant one 4096 /x.pmem\n"), 2, f + ":1:", "tenant id 'one' is not a number");
+  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "tenant 1 0 /x.pmem\n"), 2, f + ":1:", "positive multiple of 8");
+  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "tenant 1 -8 /x.pmem\n"), 2, f + ":1:", "positive multiple of 8");
+  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "tenant 1 64 /x.pmem\ntenant 1 64 /y.pmem\n"), 2, f + ":2:", "listed twice");
+  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "tenant 1 64 /x.pmem\ntenant 2 64 /x.pmem\n"), 2, f + ":2:", "share the file");
   EXPECT_DAEMON_FAILS(run_config("bad.cfg", tenant_line() + "address 127.0.0.1 extra\n"), 2,
                       f + ":2:", "unexpected 'extra'");
   // No tenants at all.
