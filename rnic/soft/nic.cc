@@ -323,14 +323,24 @@ Result<mlx5::SendRingView> SoftQp::raw_send_ring() {
   return sq;
 }
 
+namespace {
+// A raw doorbell: checks that `producer` stays within the free part of a
+// ring of `size` slots, marks the slots it covers as raw-posted (no wr_id)
+// and publishes it in the doorbell record.
+Status publish_raw_producer(uint32_t producer, uint32_t& post, const std::atomic<uint32_t>& retired, uint32_t size,
+                            std::vector<uint64_t>& wrid, std::atomic<uint32_t>& dbr, const char* ring) {
+  if (producer - post > size || producer - retired.load(std::memory_order_acquire) > size)
+    return out_of_range(std::string("doorbell beyond the free part of the ") + ring + " ring");
+  for (uint32_t i = post; i != producer; ++i) wrid[i & (size - 1)] = rnic::kRawWrId;
+  post = producer;
+  dbr.store(producer & mlx5::kWqeIndexMask, std::memory_order_release);
+  return Status::ok();
+}
+}  // namespace
+
 Status SoftQp::ring_send_doorbell(uint32_t producer) {
   nic->count_app_call();
-  const uint32_t n = producer - sq_post;
-  if (n > sq.wqebb_count || producer - sq_retired.load(std::memory_order_acquire) > sq.wqebb_count)
-    return out_of_range("doorbell beyond the free part of the send ring");
-  for (uint32_t i = sq_post; i != producer; ++i) sq_wrid[i & (sq.wqebb_count - 1)] = rnic::kRawWrId;
-  sq_post = producer;
-  sq_dbr.store(producer & mlx5::kWqeIndexMask, std::memory_order_release);
+  HL_RETURN_IF_ERROR(publish_raw_producer(producer, sq_post, sq_retired, sq.wqebb_count, sq_wrid, sq_dbr, "send"));
   if (!attr.managed_send || state() == QpState::kError) nic->doorbell(this);
   return Status::ok();
 }
@@ -342,12 +352,7 @@ Result<mlx5::RecvRingView> SoftQp::raw_recv_ring() {
 
 Status SoftQp::ring_recv_doorbell(uint32_t producer) {
   nic->count_app_call();
-  const uint32_t n = producer - rq_post;
-  if (n > rq.wqe_count || producer - rq_retired.load(std::memory_order_acquire) > rq.wqe_count)
-    return out_of_range("doorbell beyond the free part of the receive ring");
-  for (uint32_t i = rq_post; i != producer; ++i) rq_wrid[i & (rq.wqe_count - 1)] = rnic::kRawWrId;
-  rq_post = producer;
-  rq_dbr.store(producer & mlx5::kWqeIndexMask, std::memory_order_release);
+  HL_RETURN_IF_ERROR(publish_raw_producer(producer, rq_post, rq_retired, rq.wqe_count, rq_wrid, rq_dbr, "receive"));
   if (state() == QpState::kError) nic->doorbell(this);
   return Status::ok();
 }
