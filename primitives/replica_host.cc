@@ -625,4 +625,12 @@ Status ReplicaHost::peek(uint32_t tenant, uint64_t offset, std::span<std::byte> 
   return Status::ok();
 }
 
+Result<ReplicaHost::TenantAccess> ReplicaHost::tenant_access(uint32_t tenant) const {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  auto it = impl_->tenants.find(tenant);
+  if (it == impl_->tenants.end()) return not_found("tenant not registered");
+  const Tenant& t = *it->second;
+  return TenantAccess{t.pd.get(), uint64_t(reinterpret_cast<uintptr_t>(t.region)), t.region_mr->rkey(), t.region_size};
+}
+
 }  // namespace hyperloop::prim

@@ -220,6 +220,19 @@ class ReplicaHost {
   // (for checks; not synchronized with in-flight operations).
   Status peek(uint32_t tenant, uint64_t offset, std::span<std::byte> dst) const;
 
+  // What a chain client of `tenant` learns at connect anyway: the tenant's
+  // protection domain on this host and its region's address, rkey and size.
+  // For isolation tests and tools (a QP created in `pd` is what that tenant's
+  // client can drive); keys are not secrets, protection domains are the
+  // boundary. Errors: kNotFound.
+  struct TenantAccess {
+    rnic::ProtectionDomain* pd = nullptr;
+    uint64_t addr = 0;
+    uint32_t rkey = 0;
+    size_t size = 0;
+  };
+  Result<TenantAccess> tenant_access(uint32_t tenant) const;
+
   struct Impl;
   Impl* impl() const { return impl_.get(); }
 

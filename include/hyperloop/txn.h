@@ -1,0 +1,238 @@
+// hyperloop/txn.h: chain-replicated, durable ACID transactions over a group.
+//
+// A Store is one tenant's replicated byte store: a data area of
+// StoreOptions::data_size bytes, identical on every replica of a chain, read
+// and written in transactions. It is built from the group primitives
+// (hyperloop/primitives.h) alone; in offload mode no replica CPU runs on the
+// commit path.
+//
+// ---- Layout of the tenant's region (identical on every replica) ------------
+//   [0, 4 KiB)             superblock: format (magic, sizes, checksum) and
+//                          two log-head slots {lsn, pos, check}, written
+//                          alternately so a torn head write is never used
+//   [4 KiB, +log_size)     the redo log, a ring of 64-byte-aligned records
+//   [.., +8 * stripes)     the lock table: one 8-byte word per stripe of
+//                          stripe_bytes bytes of the data area
+//   [.., +data_size)       the data area (offsets in this API are into it)
+// Store::region_bytes(options) is the size to register_tenant() with.
+//
+// ---- A redo record --------------------------------------------------------
+//   header {magic, ranges, lsn, txn, bytes, checksum}, a range table
+//   {offset, len} per range, the new bytes of every range, and last a commit
+//   marker (lsn ^ kCommitMagic). The checksum covers everything but itself;
+//   a record counts only if its checksum holds, its marker is present and it
+//   carries the LSN the log expects at that position.
+//
+// ---- A lock word ------------------------------------------------------------
+//   bit 63 locked, bits 48..62 the owner's tag, bits 0..47 the stripe's version
+//   (bumped by every commit that writes the stripe).
+//
+// ---- Commit (Transaction::commit) -------------------------------------------
+//   1. On the client: the write set's stripes are locked in the client's lock
+//      table (all or none; a stripe held by another transaction of this store
+//      is waited for with backoff, up to lock_timeout_ns, then kAborted) and
+//      the read set is validated (every stripe read still has the version it
+//      had: else kAborted). Conflicts are settled here, before anything is
+//      sent.
+//   2. Pipelined, in this order on every replica: gCAS lock of every stripe of
+//      the write set (compare: the unlocked word the client knows), gWRITE of
+//      the redo record into the log, gFLUSH of the record. The commit point is
+//      the gFLUSH's acknowledgement: the record is durable on every replica
+//      and every gCAS returned the expected old value on every replica.
+//      commit() returns OK there.
+//   3. After the commit point, pipelined: gMEMCPY of each range from the log
+//      to the data area, one gFLUSH, gCAS unlock of every stripe (version + 1).
+//      Later operations of the store reap these; once applied everywhere the
+//      record's log space is released (truncation: the new head is written to
+//      the superblock with gWRITE + gFLUSH before the space is reused).
+//   The order differs from "log, then lock" on purpose: with the locks decided
+//   in the client's table first, the record can carry its own commit marker
+//   and a commit costs one round trip through the chain instead of two.
+//   A gCAS that finds an unexpected word means the replicas do not hold what
+//   the client's table says (they were changed behind the store's back): the
+//   commit fails with kDataLoss, its outcome in doubt, and the store needs
+//   recover().
+//
+// ---- Isolation: serializable ------------------------------------------------
+//   Optimistic concurrency with strict write locks: reads record each stripe's
+//   version; commit locks the write set, validates the read set and installs
+//   the writes atomically. Committed transactions are equivalent to running
+//   them one at a time in commit (LSN) order. A reader never sees data of an
+//   uncommitted or partly applied transaction: a stripe is read from a replica
+//   with RDMA READs of its lock word, its bytes and its lock word again, and
+//   used only if the word was unlocked, unchanged and at the version the
+//   client's table holds (else it is read again).
+//
+// ---- Recovery (Store::open and Store::recover) ------------------------------
+//   Every replica's superblock, lock table and log is read. The replica with
+//   the newest durable log head is the reference; any other replica whose data
+//   area or lock table differs from it (a lagging or replaced replica) is
+//   overwritten with the reference's bytes. Then the log is scanned from the
+//   head: the next record is taken from whichever replica holds it intact, and
+//   the scan stops at the first LSN no replica holds; every record found is
+//   replayed (gWRITE of its ranges) on every replica and flushed. Records past
+//   that point (torn, never committed) are discarded. Every lock is cleared
+//   with its version bumped, and the head moves past the replayed records.
+//   So: a commit that returned OK is never lost (its record was durable on all
+//   replicas), and a transaction is all-or-nothing on every replica.
+//
+// ---- Errors a caller can see ------------------------------------------------
+//   kInvalidArgument   bad options, empty or oversized write set, a read or
+//                      write of length 0, a finished transaction
+//   kOutOfRange        offset/length outside the data area
+//   kAborted           a serialization conflict (read set changed) or a lock
+//                      not free within lock_timeout_ns: nothing was sent,
+//                      nothing changed; the caller may run the transaction
+//                      again
+//   kResourceExhausted the record does not fit the log or the staging buffer
+//   kUnavailable       the chain broke (a replica or link died, a timeout):
+//                      for commit() the outcome is IN DOUBT (the transaction
+//                      may or may not be durable); the store refuses new work
+//                      until recover() succeeds
+//   kDataLoss          replicas hold lock words the client did not put there
+//                      (outcome in doubt, recover() needed), or recovery found
+//                      a superblock that does not match the options
+//   kDeadlineExceeded  as kUnavailable (an operation timed out)
+//   plus the errors of Group::create / Group::connect from open/recover.
+//
+// ---- Thread-safety ---------------------------------------------------------
+//   A Store is thread-safe: many threads may run transactions at once (each
+//   its own Transaction). A Transaction is used by one thread at a time.
+//   recover() waits until no other call is inside the store.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "hyperloop/clock.h"
+#include "hyperloop/primitives.h"
+#include "hyperloop/status.h"
+
+namespace hyperloop::txn {
+
+struct StoreOptions {
+  uint32_t tenant = 0;
+  size_t data_size = 256 << 10;   // bytes of the data area
+  size_t log_size = 256 << 10;    // bytes of the redo-log ring (multiple of 64)
+  uint32_t stripe_bytes = 256;    // bytes one lock word covers (power of two, >= 8)
+  uint64_t lock_timeout_ns = 20'000'000;  // waiting for a stripe held by another transaction
+  // Read stripes from this replica (chain position); -1: the tail, the
+  // replica that acknowledges last.
+  int read_replica = -1;
+  // The group underneath (mode, slots, staging, op_timeout, clock, progress).
+  // group.tenant and group.region_size are set by the store.
+  prim::GroupOptions group;
+};
+
+class Store;
+
+// One transaction. Obtained from Store::begin(); movable, not copyable; used
+// by one thread at a time. Dropping an unfinished transaction aborts it.
+class Transaction {
+ public:
+  Transaction() = default;
+  Transaction(Transaction&&) noexcept;
+  Transaction& operator=(Transaction&&) noexcept;
+  ~Transaction();
+
+  // Reads [offset, offset + dst.size()) of the data area as of this
+  // transaction: its own writes, over committed data. Errors: kOutOfRange,
+  // kInvalidArgument, kAborted (a stripe stayed locked past lock_timeout_ns,
+  // or changed since this transaction read it), kUnavailable.
+  Status read(uint64_t offset, std::span<std::byte> dst);
+  // Buffers a write of bytes at offset (nothing is sent before commit).
+  // Errors: kOutOfRange, kInvalidArgument.
+  Status write(uint64_t offset, std::span<const std::byte> bytes);
+  // Commits: OK only once durable on every replica (see the header comment).
+  // The transaction is finished afterwards, whatever the result.
+  Status commit();
+  // Drops the transaction's buffered writes; nothing was sent.
+  void abort();
+
+  bool active() const { return store_ != nullptr; }
+  // Distinct stripes read / bytes buffered for writing so far.
+  size_t read_set_size() const { return reads_.size(); }
+  size_t write_bytes() const;
+
+ private:
+  friend class Store;
+  struct Write {
+    uint64_t offset;
+    std::vector<std::byte> bytes;
+  };
+  struct Read {
+    uint64_t stripe;
+    uint64_t version;
+  };
+  Store* store_ = nullptr;
+  std::vector<Write> writes_;
+  std::vector<Read> reads_;
+};
+
+// Counters for benchmarks and tests.
+struct StoreStats {
+  uint64_t commits = 0;           // returned OK
+  uint64_t aborts = 0;            // kAborted from commit() or read()
+  uint64_t lock_waits = 0;        // commits that waited for a stripe
+  uint64_t read_retries = 0;      // stripe reads taken again (locked/changed)
+  uint64_t truncations = 0;       // log heads written
+  uint64_t recoveries = 0;
+  uint64_t replayed_records = 0;  // by recoveries
+  uint64_t resynced_bytes = 0;    // replica bytes overwritten by recoveries
+};
+
+class Store {
+ public:
+  // Builds the group over replica hosts in this process (Group::create) and
+  // recovers the store: formats a blank region, or replays and cleans up
+  // what a previous client left. Every host must have options.tenant
+  // registered with region_bytes(options) bytes.
+  static Result<std::unique_ptr<Store>> open(rnic::Device& client, std::span<prim::ReplicaHost* const> replicas,
+                                             const StoreOptions& options);
+  // The same over hyperloop-replica daemons ("ipv4:port" control endpoints).
+  static Result<std::unique_ptr<Store>> connect(rnic::Device& client, std::span<const std::string> replicas,
+                                                const StoreOptions& options);
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  // The region size a tenant needs for these options (0 if they are invalid).
+  static size_t region_bytes(const StoreOptions& options);
+
+  Transaction begin();
+  // A consistent read of one range outside any transaction (a read-only
+  // transaction, run again until it validates or lock_timeout_ns passes).
+  Status read(uint64_t offset, std::span<std::byte> dst);
+
+  // Rebuilds the chain (a new group: after a replica or link failure, or with
+  // `replicas` replaced by restarted hosts, same order) and runs recovery as
+  // open() does. Waits for calls in other threads to leave the store.
+  Status recover(std::span<prim::ReplicaHost* const> replicas = {});
+
+  // Takes completions of applied transactions (releasing their log space).
+  // Every call into the store does this; call it when otherwise idle.
+  void poll();
+  // Waits until every committed transaction is applied on every replica.
+  Status drain();
+
+  bool healthy() const;
+  size_t data_size() const;
+  uint32_t replicas() const;
+  StoreStats stats() const;
+  // The group underneath (for checks: Group::read of replicas; do not issue
+  // operations on it while the store is in use).
+  prim::Group& group();
+
+  struct Impl;
+
+ private:
+  friend class Transaction;
+  explicit Store(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace hyperloop::txn

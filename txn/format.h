@@ -1,0 +1,98 @@
+// txn/format.h: the on-region format of a transactional store (layout,
+// superblock, log-head slots, redo records, lock words) and the recovery plan
+// computed from every replica's image. Pure functions over bytes: no group,
+// no device, so the rules are testable on their own. See hyperloop/txn.h.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "hyperloop/status.h"
+#include "hyperloop/txn.h"
+
+namespace hyperloop::txn::internal {
+
+inline constexpr size_t kSuperBytes = 4096;  // superblock: format block + head slots
+inline constexpr size_t kHeadOff = 64;       // head slot k at kHeadOff + 64 * k (k = 0, 1)
+inline constexpr size_t kAlign = 64;         // records start and end on 64-byte lines
+inline constexpr size_t kChunk = 4096;       // recovery compares and rewrites this much at a time
+inline constexpr uint64_t kLocked = 1ull << 63;
+inline constexpr uint32_t kTagShift = 48;
+inline constexpr uint32_t kMaxTag = 0x7fff;
+inline constexpr uint64_t kVersionMask = (1ull << kTagShift) - 1;
+inline constexpr uint64_t kCommitMagic = 0xC0331177ED5EA1EDull;
+inline constexpr size_t kRecordHeader = 48;
+inline constexpr size_t kRangeEntry = 16;
+inline constexpr uint32_t kMaxRanges = 1024;
+
+struct Layout {
+  size_t log_off = kSuperBytes, log_size = 0;
+  size_t lock_off = 0, stripes = 0;
+  size_t data_off = 0, data_size = 0;
+  size_t region = 0;
+  uint32_t stripe = 0;
+};
+// Errors: kInvalidArgument naming the bad option.
+Result<Layout> layout_of(const StoreOptions& o);
+
+// kInvalidArgument for length 0, kOutOfRange outside the data area.
+Status check_data_range(const Layout& lay, uint64_t offset, uint64_t len, const char* what);
+
+// A log head: the first record not yet truncated is `lsn`, at ring position `pos`.
+struct Head {
+  uint64_t lsn = 0;
+  uint64_t pos = 0;
+  uint64_t check = 0;
+};
+Head make_head(uint64_t lsn, uint64_t pos);
+inline uint64_t head_slot_offset(uint32_t slot) { return kHeadOff + 64 * slot; }
+template <typename T>
+std::span<const std::byte> as_bytes(const T& v) {
+  return {reinterpret_cast<const std::byte*>(&v), sizeof v};
+}
+
+// One range of a write set: data-area offset and its new bytes.
+struct Extent {
+  uint64_t offset = 0;
+  std::vector<std::byte> bytes;
+};
+// Sorted, disjoint extents covering every write; where writes overlap the
+// later one wins.
+std::vector<Extent> coalesce(std::span<const std::pair<uint64_t, std::span<const std::byte>>> writes);
+
+// A redo record: header {magic, lsn, txn, bytes, ranges, checksum, 0}, the
+// range table {offset, len}..., the payloads, padding, the commit marker.
+struct Record {
+  std::vector<std::byte> bytes;
+  size_t payload_off = 0;
+  uint64_t pos = 0;  // ring position, chosen at commit
+};
+// Errors: kInvalidArgument (too many ranges), kResourceExhausted (larger than
+// half the log or than the group's staging buffer).
+Result<Record> build_record(const Layout& lay, size_t staging_bytes, const std::vector<Extent>& ranges);
+// Fills in the LSN, the transaction id, the commit marker and the checksum.
+void seal_record(Record& rec, uint64_t lsn, uint64_t txn);
+// The record at ring position `pos` of a region image, if it is intact,
+// committed and carries `lsn`: its size in bytes, else 0.
+size_t valid_record(const Layout& lay, std::span<const std::byte> image, uint64_t pos, uint64_t lsn);
+
+// What recovery writes: `target` is the region every replica must hold
+// (format block, head slots, lock table and data area; the log is left as
+// it is), the head that follows the replayed records and its slot.
+struct Plan {
+  std::vector<std::byte> target;
+  uint64_t head_lsn = 1, head_pos = 0;
+  uint32_t head_slot = 0;
+  uint64_t replayed = 0;
+  int reference = -1;  // the replica whose image the target started from (-1: blank)
+};
+// Errors: kDataLoss (a replica is formatted with another layout).
+Result<Plan> plan_recovery(const Layout& lay, const std::vector<std::vector<std::byte>>& images);
+
+std::string hex(uint64_t v);
+
+}  // namespace hyperloop::txn::internal
