@@ -47,6 +47,7 @@ ctest --test-dir build-asan --output-on-failure --no-tests=error -j "$JOBS"
 section "demos under ASan/UBSan (build-asan/examples)"
 build-asan/examples/hyperloop-demo 200
 build-asan/examples/hyperloop-remote-patch-demo
+build-asan/examples/hyperloop-txn-demo 200
 
 section "benchmark smoke run (build/bench/soft_rnic_bench)"
 build/bench/soft_rnic_bench --benchmark_min_time=0.01
