@@ -142,7 +142,8 @@ class Transaction {
   // Reads [offset, offset + dst.size()) of the data area as of this
   // transaction: its own writes, over committed data. Errors: kOutOfRange,
   // kInvalidArgument, kAborted (a stripe stayed locked past lock_timeout_ns,
-  // or changed since this transaction read it), kUnavailable.
+  // or changed since this transaction read it: the transaction is then
+  // finished, as after abort()), kUnavailable.
   Status read(uint64_t offset, std::span<std::byte> dst);
   // Buffers a write of bytes at offset (nothing is sent before commit).
   // Errors: kOutOfRange, kInvalidArgument.
