@@ -62,7 +62,7 @@ struct Store::Impl {
   uint32_t head_slot_next = 0;
   std::deque<std::unique_ptr<InFlight>> applying;
   std::vector<std::unique_ptr<InFlight>> abandoned;
-  std::unique_ptr<prim::Op[]> head_ops;  // [0] gWRITE of the head, [1] its gFLUSH
+  std::unique_ptr<prim::Op[]> head_ops;  // [0] gFLUSH of applied data, [1] gWRITE of the head, [2] its gFLUSH
   bool head_in_flight = false;
   uint64_t head_pending_lsn = 0, head_pending_pos = 0;
   StoreStats stats;
@@ -380,8 +380,6 @@ Status Store::Impl::commit(std::vector<Transaction::Write>& writes, std::vector<
     if (st.is_ok()) ++fl->issued;
     payload += e.bytes.size();
   }
-  if (st.is_ok()) st = group->flush(fl->ops[fl->issued], lay.data_off + ranges.back().offset, 1);
-  if (st.is_ok()) ++fl->issued;
   for (size_t k = 0; k < stripes.size() && st.is_ok(); ++k) {
     const uint64_t s = stripes[k];
     const uint64_t unlocked = ((word[s] & kVersionMask) + 1) & kVersionMask;
@@ -423,12 +421,13 @@ void Store::Impl::reap_locked() {
 // acknowledged. `force`: even for a little space. REQUIRES: mu.
 void Store::Impl::truncate_locked(bool force) {
   if (head_in_flight) {
-    if (!head_ops[1].done()) return;
+    if (!head_ops[2].done()) return;
     head_in_flight = false;
-    if (!head_ops[0].status().is_ok() || !head_ops[1].status().is_ok()) {
-      break_locked("log head write: " + head_ops[1].status().to_string());
-      return;
-    }
+    for (int k = 0; k < 3; ++k)
+      if (!head_ops[k].status().is_ok()) {
+        break_locked("log head write: " + head_ops[k].status().to_string());
+        return;
+      }
     durable_head_pos = head_pending_pos;
     ++stats.truncations;
   }
@@ -436,8 +435,10 @@ void Store::Impl::truncate_locked(bool force) {
   if (!force && applied_pos - durable_head_pos < lay.log_size / 4) return;
   const Head h = make_head(applied_lsn, applied_pos);
   const uint64_t at = head_slot_offset(head_slot_next);
-  Status s = group->write(head_ops[0], at, as_bytes(h));
-  if (s.is_ok()) s = group->flush(head_ops[1], at, sizeof h);
+  // The applied data is made durable before the head that skips its records.
+  Status s = group->flush(head_ops[0], lay.data_off, lay.data_size);
+  if (s.is_ok()) s = group->write(head_ops[1], at, as_bytes(h));
+  if (s.is_ok()) s = group->flush(head_ops[2], at, sizeof h);
   if (!s.is_ok()) {
     break_locked("log head write: " + s.to_string());
     return;
@@ -544,7 +545,7 @@ Result<std::unique_ptr<Store::Impl>> new_impl(rnic::Device& client, const StoreO
   impl->o = options;
   impl->lay = lay.value();
   impl->device = &client;
-  impl->head_ops.reset(new prim::Op[2]);
+  impl->head_ops.reset(new prim::Op[3]);
   return impl;
 }
 }  // namespace

@@ -41,10 +41,13 @@
 //      and every gCAS returned the expected old value on every replica.
 //      commit() returns OK there.
 //   3. After the commit point, pipelined: gMEMCPY of each range from the log
-//      to the data area, one gFLUSH, gCAS unlock of every stripe (version + 1).
-//      Later operations of the store reap these; once applied everywhere the
-//      record's log space is released (truncation: the new head is written to
-//      the superblock with gWRITE + gFLUSH before the space is reused).
+//      to the data area, gCAS unlock of every stripe (version + 1). Later
+//      operations of the store reap these. Once a quarter of the log is
+//      applied everywhere its space is released (truncation): a gFLUSH makes
+//      the applied data durable, then the new head is written to the
+//      superblock with gWRITE + gFLUSH, and only then is the space reused.
+//      (The data needs no flush per commit: until the head moves past its
+//      record, recovery replays it from the log.)
 //   The order differs from "log, then lock" on purpose: with the locks decided
 //   in the client's table first, the record can carry its own commit marker
 //   and a commit costs one round trip through the chain instead of two.
