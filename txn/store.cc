@@ -160,6 +160,10 @@ Status Transaction::commit() {
 // is unlocked and at the version the client's table holds.
 Status Store::Impl::read(uint64_t offset, std::span<std::byte> dst, std::vector<Transaction::Read>& reads) {
   std::shared_lock<std::shared_mutex> life_lock(life);
+  if (!group) {
+    std::lock_guard<std::mutex> l(mu);
+    return refuse_locked();
+  }
   const uint64_t s0 = offset / lay.stripe, s1 = (offset + dst.size() - 1) / lay.stripe;
   const size_t count = s1 - s0 + 1;
   std::vector<uint64_t> want(count), before(count), after(count);
@@ -236,6 +240,10 @@ Status Store::Impl::validate_locked(const std::vector<Transaction::Read>& reads)
 // ---- commit ------------------------------------------------------------------------------------
 Status Store::Impl::commit(std::vector<Transaction::Write>& writes, std::vector<Transaction::Read>& reads) {
   std::shared_lock<std::shared_mutex> life_lock(life);
+  if (!group) {  // a recovery failed: no chain at all
+    std::lock_guard<std::mutex> l(mu);
+    return refuse_locked();
+  }
   if (writes.empty()) {  // read-only: validation is the whole commit
     std::lock_guard<std::mutex> l(mu);
     if (!healthy) return refuse_locked();
@@ -607,6 +615,10 @@ void Store::poll() {
 Status Store::drain() {
   std::shared_lock<std::shared_mutex> life_lock(impl_->life);
   auto& im = *impl_;
+  if (!im.group) {
+    std::lock_guard<std::mutex> l(im.mu);
+    return im.refuse_locked();
+  }
   // Polls (no pointers into the apply queue: another thread may reap it).
   // Every operation completes or fails within op_timeout_ns.
   for (;;) {

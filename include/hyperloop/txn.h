@@ -228,7 +228,9 @@ class Store {
   uint32_t replicas() const;
   StoreStats stats() const;
   // The group underneath (for checks: Group::read of replicas; do not issue
-  // operations on it while the store is in use).
+  // operations on it while the store is in use). REQUIRES: a recovery has
+  // succeeded since the last one that failed (a failed recover() leaves no
+  // group; every other call then returns kUnavailable).
   prim::Group& group();
 
   struct Impl;
