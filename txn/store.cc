@@ -21,14 +21,19 @@ using namespace internal;
 
 // ---- in-flight commits ---------------------------------------------------------------------
 // The Ops of one commit: [0, stripes) lock gCAS, then the record gWRITE and
-// its gFLUSH; after the commit point [apply_begin, n) the gMEMCPYs, one gFLUSH
-// and the unlock gCAS. The Ops must outlive the group's use of them, so a
-// commit that fails keeps them in Impl::abandoned until the group is gone.
+// its gFLUSH; after the commit point the gMEMCPYs and the unlock gCAS. Every
+// InFlight enters Impl::applying when its LSN is taken, so that queue is in
+// LSN order: a record is reaped (applied everywhere) only after every record
+// before it, whatever order the committing threads reach their commit points
+// in. The Ops must outlive the group's use of them: an InFlight leaves the
+// queue only when reaped or, after a failure, when recovery has destroyed the
+// group.
 struct InFlight {
   explicit InFlight(size_t count) : ops(new prim::Op[count]), n(count) {}
   std::unique_ptr<prim::Op[]> ops;
   size_t n;
   size_t issued = 0;
+  bool apply_issued = false;  // past the commit point, apply and unlock all issued
   uint64_t lsn = 0;
   uint64_t end_pos = 0;
   prim::Op& last() { return ops[issued - 1]; }
@@ -60,8 +65,7 @@ struct Store::Impl {
   uint64_t applied_lsn = 1;       // records below it are applied on every replica
   uint64_t applied_pos = 0;
   uint32_t head_slot_next = 0;
-  std::deque<std::unique_ptr<InFlight>> applying;
-  std::vector<std::unique_ptr<InFlight>> abandoned;
+  std::deque<std::unique_ptr<InFlight>> applying;  // in LSN order
   std::unique_ptr<prim::Op[]> head_ops;  // [0] gFLUSH of applied data, [1] gWRITE of the head, [2] its gFLUSH
   bool head_in_flight = false;
   uint64_t head_pending_lsn = 0, head_pending_pos = 0;
@@ -169,13 +173,15 @@ Status Store::Impl::read(uint64_t offset, std::span<std::byte> dst, std::vector<
   std::vector<uint64_t> want(count), before(count), after(count);
   const uint64_t deadline = now() + o.lock_timeout_ns;
   uint64_t wait_lsn = 0;
+  std::string last_seen = "nothing read";
   for (bool first = true;; first = false) {
     if (!first) {
       if (now() > deadline) {
         std::lock_guard<std::mutex> l(mu);
         ++stats.aborts;
         return Status(StatusCode::kAborted, "read: stripes " + std::to_string(s0) + ".." + std::to_string(s1) +
-                                                " stayed locked or changing for lock_timeout_ns");
+                                                " stayed locked or changing for lock_timeout_ns (last seen: " +
+                                                last_seen + ")");
       }
       group->poll();
       turn();
@@ -194,7 +200,10 @@ Status Store::Impl::read(uint64_t offset, std::span<std::byte> dst, std::vector<
       }
       wait_lsn = next_lsn;
     }
-    if (busy) continue;
+    if (busy) {
+      last_seen = "held or not yet applied on the client";
+      continue;
+    }
     const uint32_t r = read_replica();
     auto words = [&](std::vector<uint64_t>& w) {
       return group->read(r, lay.lock_off + 8 * s0, {reinterpret_cast<std::byte*>(w.data()), 8 * count});
@@ -208,6 +217,12 @@ Status Store::Impl::read(uint64_t offset, std::span<std::byte> dst, std::vector<
       return unavailable("read: " + st.to_string());
     }
     if (before != want || after != want) {
+      for (size_t k = 0; k < count; ++k)
+        if (before[k] != want[k] || after[k] != want[k]) {
+          last_seen = "stripe " + std::to_string(s0 + k) + " on replica " + std::to_string(r) + ": " + hex(before[k]) +
+                      " then " + hex(after[k]) + ", the client's table says " + hex(want[k]);
+          break;
+        }
       std::lock_guard<std::mutex> l(mu);
       ++stats.read_retries;
       continue;
@@ -271,7 +286,8 @@ Status Store::Impl::commit(std::vector<Transaction::Write>& writes, std::vector<
   std::sort(stripes.begin(), stripes.end());
   stripes.erase(std::unique(stripes.begin(), stripes.end()), stripes.end());
 
-  auto fl = std::make_unique<InFlight>(2 * stripes.size() + ranges.size() + 3);
+  auto owned = std::make_unique<InFlight>(2 * stripes.size() + ranges.size() + 2);
+  InFlight* fl = owned.get();
   const uint32_t all = (1u << group->replicas()) - 1;
   std::vector<uint64_t> locked_word(stripes.size());
   uint64_t record_at = 0;  // region offset of the record
@@ -324,6 +340,7 @@ Status Store::Impl::commit(std::vector<Transaction::Write>& writes, std::vector<
   next_tag = next_tag % kMaxTag + 1;
   const uint64_t txn_id = next_txn++;
   fl->lsn = next_lsn++;
+  applying.push_back(std::move(owned));
   fl->end_pos = rec.pos + rec.bytes.size();
   tail_pos = fl->end_pos;
   seal_record(rec, fl->lsn, txn_id);
@@ -343,7 +360,6 @@ Status Store::Impl::commit(std::vector<Transaction::Write>& writes, std::vector<
   if (!st.is_ok()) {
     break_locked("commit could not issue: " + st.to_string());
     const bool nothing_sent = fl->issued == 0;
-    abandoned.push_back(std::move(fl));
     if (nothing_sent && st.code() != StatusCode::kUnavailable) return st;
     return unavailable("commit in doubt (the chain broke while it was issued): " + st.to_string());
   }
@@ -355,7 +371,6 @@ Status Store::Impl::commit(std::vector<Transaction::Write>& writes, std::vector<
   l.lock();
   if (!waited_st.is_ok() || !flush_op.done()) {
     break_locked("commit: " + waited_st.to_string());
-    abandoned.push_back(std::move(fl));
     return unavailable("commit in doubt (the chain broke before the record was acknowledged): " +
                        waited_st.to_string());
   }
@@ -363,7 +378,6 @@ Status Store::Impl::commit(std::vector<Transaction::Write>& writes, std::vector<
     if (!fl->ops[k].status().is_ok()) {
       const std::string why = fl->ops[k].status().to_string();
       break_locked("commit: " + why);
-      abandoned.push_back(std::move(fl));
       return unavailable("commit in doubt: " + why);
     }
   for (size_t k = 0; k < stripes.size(); ++k) {
@@ -372,11 +386,10 @@ Status Store::Impl::commit(std::vector<Transaction::Write>& writes, std::vector<
         const std::string why = "replica lock word of stripe " + std::to_string(stripes[k]) + " was " +
                                 hex(old) + ", the client's table says " + hex(word[stripes[k]]);
         break_locked(why);
-        abandoned.push_back(std::move(fl));
         return Status(StatusCode::kDataLoss, "commit in doubt: " + why);
       }
   }
-  // Committed. Apply, flush, unlock; reaped later.
+  // Committed. Apply and unlock; reaped later (in LSN order).
   for (size_t k = 0; k < stripes.size(); ++k) {
     word[stripes[k]] = locked_word[k];
     writer[stripes[k]] = fl->lsn;
@@ -401,16 +414,15 @@ Status Store::Impl::commit(std::vector<Transaction::Write>& writes, std::vector<
   if (!st.is_ok()) {
     // Durable and acknowledged by every replica: recovery replays it.
     break_locked("apply could not issue: " + st.to_string());
-    abandoned.push_back(std::move(fl));
     return Status::ok();
   }
-  applying.push_back(std::move(fl));
+  fl->apply_issued = true;
   return Status::ok();
 }
 
 // Takes applied transactions in LSN order and moves the log head. REQUIRES: mu.
 void Store::Impl::reap_locked() {
-  while (!applying.empty() && applying.front()->last().done()) {
+  while (!applying.empty() && applying.front()->apply_issued && applying.front()->last().done()) {
     InFlight& f = *applying.front();
     for (size_t k = 0; k < f.issued; ++k)
       if (!f.ops[k].status().is_ok()) {
@@ -478,7 +490,6 @@ Status Store::Impl::recover_locked() {
   // The old group goes first (the Ops it may still use go after it).
   group.reset();
   applying.clear();
-  abandoned.clear();
   head_in_flight = false;
   HL_RETURN_IF_ERROR(make_group());
   const uint32_t n = group->replicas();
