@@ -74,14 +74,17 @@
 //   head: the next record is taken from whichever replica holds it intact, and
 //   the scan stops at the first LSN no replica holds; every record found is
 //   replayed (gWRITE of its ranges) on every replica and flushed. Records past
-//   that point (torn, never committed) are discarded. Every lock is cleared
-//   with its version bumped, and the head moves past the replayed records.
+//   that point (torn, never committed) are discarded. Every lock is cleared;
+//   a stripe that was locked, replayed or different between replicas gets a
+//   version above every replica's. The head moves past the replayed records.
 //   So: a commit that returned OK is never lost (its record was durable on all
 //   replicas), and a transaction is all-or-nothing on every replica.
 //
 // ---- Errors a caller can see ------------------------------------------------
-//   kInvalidArgument   bad options, empty or oversized write set, a read or
-//                      write of length 0, a finished transaction
+//   kInvalidArgument   bad options, too many ranges in a write set, a read
+//                      or write of length 0, a finished transaction
+//                      (a commit with no writes is a read-only commit: it
+//                      validates the read set, OK or kAborted)
 //   kOutOfRange        offset/length outside the data area
 //   kAborted           a serialization conflict (read set changed) or a lock
 //                      not free within lock_timeout_ns: nothing was sent,
