@@ -20,6 +20,12 @@
 //                       machine): the same chain across namespaces, then a
 //                       partition (a veth taken down) fails operations within
 //                       a bound.
+//   DaemonTxnTest       txn::Store::connect over three daemons: a bank of
+//                       transfers (total unchanged, replicas identical); the
+//                       middle daemon SIGKILLed mid-stream (errors within a
+//                       bound, in doubt; restart, recover(): every
+//                       acknowledged transfer there); a client gone with
+//                       unapplied commits (the next one finds them all).
 //
 // No sleeps: the daemons' ready lines say when they serve, acknowledgements
 // say how far a stream got, pidfds say when a process exited. Every process
@@ -32,8 +38,10 @@
 #include <array>
 #include <deque>
 #include <set>
+#include <thread>
 
 #include "daemon_test_util.h"
+#include "hyperloop/txn.h"
 
 namespace hyperloop::daemon_test {
 namespace {
@@ -953,6 +961,453 @@ TEST_F(NetnsTest, ChainAcrossNamespacesThenAPartitionFailsWithinABound) {
   watchdog_.phase("verifying records after the partition");
   ASSERT_NO_FATAL_FAILURE(expect_records(**g, first, first + out.acked, "acknowledged before the partition"));
 }
+
+// ---- 5. transactions over daemons -----------------------------------------------------------------------
+// A bank on a txn::Store over three hyperloop-replica daemons: kAccounts
+// accounts of kSlot bytes, one stripe each, holding {balance, transfers}
+// where `transfers` counts the committed transfers that touched the account
+// (as examples/txn_demo.cc does). A transfer reads two accounts, moves 1..50
+// (at most the balance) from one to the other, counts itself on both and
+// commits. A Ledger counts, per account, the transfers acknowledged (commit
+// returned OK) and those in doubt (commit failed with the chain broken): after
+// a recovery an account's count must be at least its acknowledged transfers
+// and at most those plus its in-doubt ones, and the total never changes.
+constexpr uint32_t kTxnTenant = 1;
+constexpr uint64_t kAccounts = 16;
+constexpr uint64_t kSlot = 64;
+constexpr uint64_t kInitialBalance = 1000;
+constexpr uint64_t kTxnAckTimeoutNs = 100'000'000;  // the client NIC's transport timer (see start_bank_daemons)
+constexpr double kTransferRetrySeconds = 5.0;  // kAborted is retried this long (10 x lock_timeout_ns)
+
+txn::StoreOptions bank_options(ForwardMode mode) {
+  txn::StoreOptions so;
+  so.tenant = kTxnTenant;
+  so.data_size = kAccounts * kSlot;
+  so.log_size = 64 << 10;
+  so.stripe_bytes = kSlot;
+  // A read of an account written by the previous transfer waits until that
+  // transfer is applied on every replica (a round trip through three
+  // processes): generous, for a loaded machine. kAborted past it is retried.
+  so.lock_timeout_ns = 500'000'000;
+  so.group = group_options(kTxnTenant, 0, mode);  // region_size is set by the store
+  return so;
+}
+
+std::span<std::byte> words_in(uint64_t* w, size_t n) { return {reinterpret_cast<std::byte*>(w), 8 * n}; }
+std::span<const std::byte> words_of(const uint64_t* w, size_t n) {
+  return {reinterpret_cast<const std::byte*>(w), 8 * n};
+}
+
+struct Ledger {
+  std::vector<uint64_t> acked = std::vector<uint64_t>(kAccounts, 0);     // acknowledged transfers per account
+  std::vector<uint64_t> in_doubt = std::vector<uint64_t>(kAccounts, 0);  // in-doubt transfers per account
+  uint64_t acked_total = 0, in_doubt_total = 0, retries = 0;
+  void add(const Ledger& o) {
+    for (uint64_t a = 0; a < kAccounts; ++a) acked[a] += o.acked[a], in_doubt[a] += o.in_doubt[a];
+    acked_total += o.acked_total;
+    in_doubt_total += o.in_doubt_total;
+    retries += o.retries;
+  }
+};
+
+// Every account {kInitialBalance, 0}, in one transaction.
+Status fund(txn::Store& s) {
+  txn::Transaction t = s.begin();
+  for (uint64_t a = 0; a < kAccounts; ++a) {
+    const uint64_t rec[2] = {kInitialBalance, 0};
+    HL_RETURN_IF_ERROR(t.write(a * kSlot, words_of(rec, 2)));
+  }
+  return t.commit();
+}
+
+struct TransferResult {
+  Status status;          // OK, or the error that ended it (kAborted only after kTransferRetrySeconds)
+  bool in_doubt = false;  // the error came from commit(): the transfer may or may not be durable
+};
+
+// One transfer between two accounts drawn from rng. kAborted (a conflict,
+// or a stripe still being applied past lock_timeout_ns: nothing was sent)
+// runs the same transfer again, for at most kTransferRetrySeconds.
+TransferResult transfer(txn::Store& s, std::mt19937_64& rng, Ledger& l) {
+  const uint64_t a = rng() % kAccounts, b = (a + 1 + rng() % (kAccounts - 1)) % kAccounts, want = 1 + rng() % 50;
+  const auto start = Clock::now();
+  for (;;) {
+    txn::Transaction t = s.begin();
+    uint64_t ra[2], rb[2];
+    bool committing = false;
+    Status st = t.read(a * kSlot, words_in(ra, 2));
+    if (st.is_ok()) st = t.read(b * kSlot, words_in(rb, 2));
+    if (st.is_ok()) {
+      const uint64_t amount = std::min(ra[0], want);
+      ra[0] -= amount, ++ra[1];
+      rb[0] += amount, ++rb[1];
+      st = t.write(a * kSlot, words_of(ra, 2));
+      if (st.is_ok()) st = t.write(b * kSlot, words_of(rb, 2));
+      if (st.is_ok()) {
+        committing = true;
+        st = t.commit();
+      }
+    }
+    if (st.code() == StatusCode::kAborted && seconds_since(start) < kTransferRetrySeconds) {
+      ++l.retries;
+      continue;
+    }
+    TransferResult r;
+    r.status = st;
+    if (st.code() == StatusCode::kAborted)
+      r.status = Status(st.code(), "transfer " + std::to_string(a) + " -> " + std::to_string(b) +
+                                       " still aborted after " + std::to_string(kTransferRetrySeconds) +
+                                       " s of retries: " + st.message());
+    if (st.is_ok()) {
+      ++l.acked[a], ++l.acked[b], ++l.acked_total;
+    } else if (committing && st.code() != StatusCode::kAborted) {
+      r.in_doubt = true;
+      ++l.in_doubt[a], ++l.in_doubt[b], ++l.in_doubt_total;
+    }
+    return r;
+  }
+}
+
+// Reads every account through the store and checks the ledger: the total is
+// unchanged; each account counts at least its acknowledged transfers and at
+// most those plus its in-doubt ones; the in-doubt transfers that landed are
+// whole (both accounts). Then settles the ledger: what landed counts as
+// acknowledged, nothing is in doubt any more. *landed: in-doubt transfers found.
+void expect_accounts(txn::Store& s, Ledger& l, const std::string& what, uint64_t* landed = nullptr) {
+  std::vector<uint64_t> w(kAccounts * kSlot / 8);
+  Status st = s.read(0, words_in(w.data(), w.size()));
+  ASSERT_TRUE(st.is_ok()) << what << ": reading the accounts: " << describe(st);
+  uint64_t total = 0, counted = 0;
+  for (uint64_t a = 0; a < kAccounts; ++a) {
+    const uint64_t balance = w[a * kSlot / 8], n = w[a * kSlot / 8 + 1];
+    total += balance;
+    counted += n;
+    EXPECT_GE(n, l.acked[a]) << what << ": account " << a << " shows " << n << " transfers, " << l.acked[a]
+                             << " were acknowledged";
+    EXPECT_LE(n, l.acked[a] + l.in_doubt[a]) << what << ": account " << a << " shows " << n << " transfers, "
+                                             << l.acked[a] << " acknowledged and " << l.in_doubt[a] << " in doubt";
+    for (uint64_t k = 2; k < kSlot / 8; ++k) EXPECT_EQ(w[a * kSlot / 8 + k], 0u) << what << ": account " << a;
+  }
+  EXPECT_EQ(total, kAccounts * kInitialBalance) << what << ": money was created or destroyed";
+  ASSERT_GE(counted, 2 * l.acked_total) << what;
+  EXPECT_EQ(counted % 2, 0u) << what << ": a transfer counted on one account only";
+  const uint64_t found = (counted - 2 * l.acked_total) / 2;
+  EXPECT_LE(found, l.in_doubt_total) << what;
+  if (landed) *landed = found;
+  for (uint64_t a = 0; a < kAccounts; ++a) {
+    l.acked[a] = w[a * kSlot / 8 + 1];
+    l.in_doubt[a] = 0;
+  }
+  l.acked_total += found;
+  l.in_doubt_total = 0;
+}
+
+// After drain(): every replica's lock table and data area, read over RDMA
+// READ, are byte for byte the same.
+void expect_replicas_identical(txn::Store& s, const txn::StoreOptions& so, const std::string& what) {
+  Status d = s.drain();
+  ASSERT_TRUE(d.is_ok()) << what << ": drain: " << describe(d);
+  const size_t region = txn::Store::region_bytes(so);
+  const size_t tail = so.data_size + 8 * (so.data_size / so.stripe_bytes);  // lock table + data area
+  prim::Group& g = s.group();
+  ASSERT_EQ(g.replicas(), 3u);
+  std::vector<std::byte> first(tail), other(tail);
+  for (uint32_t r = 0; r < g.replicas(); ++r) {
+    Status st = g.read(r, region - tail, r ? other : first);
+    ASSERT_TRUE(st.is_ok()) << what << ": read of replica " << r << ": " << describe(st);
+    if (r == 0) continue;
+    size_t bad = 0, at = SIZE_MAX;
+    for (size_t i = 0; i < tail; ++i)
+      if (first[i] != other[i]) ++bad, at = std::min(at, i);
+    EXPECT_EQ(bad, 0u) << what << ": replica " << r << " differs from replica 0 in " << bad << " bytes, first in the "
+                       << (at < tail - so.data_size ? "lock table" : "data area") << " at region offset "
+                       << region - tail + at;
+  }
+}
+
+class DaemonTxnTest : public DaemonFixture, public ::testing::WithParamInterface<ForwardMode> {
+ protected:
+  void SetUp() override {
+    DaemonFixture::SetUp();
+    if (HasFatalFailure()) return;
+    so_ = bank_options(GetParam());
+    region_ = txn::Store::region_bytes(so_);
+    ASSERT_GT(region_, 0u);
+  }
+  // Three daemons, each registering the tenant with region_bytes() and a
+  // pmem file. The middle one has fixed ports: a store keeps the endpoints
+  // it was connected with, so a restarted daemon must come back on its
+  // control port.
+  //
+  // The client's transport timer is kTxnAckTimeoutNs, not kAckTimeoutNs:
+  // a store READs far more than the stream tests (each transactional read is
+  // three READs at the tail, recovery reads every replica's whole region),
+  // and a daemon's NIC serves a READ only after making the region durable
+  // (msync) on its polling thread. On this 2-CPU machine under load those
+  // READs were seen to go unanswered for longer than 20 ms x the retries,
+  // failing healthy chains ("READ failed: transport retry counter exceeded",
+  // about one run in 30). Failures are still detected well within op_timeout.
+  void start_bank_daemons() {
+    ASSERT_NO_FATAL_FAILURE(start_daemons(3, {{kTxnTenant, region_}}, "127.0.0.1", {false, true, false}));
+    ASSERT_TRUE(client_.init("127.0.0.1", kTxnAckTimeoutNs).is_ok());
+  }
+  Result<std::unique_ptr<txn::Store>> connect_store() {
+    watchdog_.phase("Store::connect");
+    auto eps = endpoints();
+    return txn::Store::connect(client_.nic(), eps, so_);
+  }
+
+  txn::StoreOptions so_;
+  size_t region_ = 0;
+};
+
+// Transfers from `threads` threads at once (conflicts abort and run again),
+// then the accounts and every replica checked.
+void bank_transfers(txn::Store& store, const txn::StoreOptions& so, int threads, uint64_t per_thread,
+                    const std::function<std::string()>& logs) {
+  const auto t0 = Clock::now();
+  std::vector<Ledger> ledgers(static_cast<size_t>(threads));
+  std::vector<Status> errors(static_cast<size_t>(threads));
+  std::vector<uint64_t> done(static_cast<size_t>(threads), 0);
+  {
+    std::vector<std::thread> workers;
+    for (int t = 0; t < threads; ++t)
+      workers.emplace_back([&, t] {
+        std::mt19937_64 rng(1000 + uint64_t(t));
+        for (uint64_t k = 0; k < per_thread; ++k, ++done[size_t(t)]) {
+          TransferResult r = transfer(store, rng, ledgers[size_t(t)]);
+          if (!r.status.is_ok()) {
+            errors[size_t(t)] = r.status;
+            return;
+          }
+        }
+      });
+    for (auto& w : workers) w.join();
+  }
+  const double secs = seconds_since(t0);
+  for (int t = 0; t < threads; ++t)
+    ASSERT_TRUE(errors[size_t(t)].is_ok()) << "thread " << t << ", transfer " << done[size_t(t)] << ": "
+                                           << describe(errors[size_t(t)]) << logs();
+  Ledger all;
+  for (const auto& l : ledgers) all.add(l);
+  EXPECT_EQ(all.acked_total, uint64_t(threads) * per_thread);
+  ASSERT_NO_FATAL_FAILURE(expect_accounts(store, all, "after the transfers"));
+  ASSERT_NO_FATAL_FAILURE(expect_replicas_identical(store, so, "after the transfers")) << logs();
+  EXPECT_TRUE(store.healthy());
+  const txn::StoreStats st = store.stats();
+  EXPECT_GE(st.commits, 1 + all.acked_total);
+  std::printf("[          ] %lu transfers from %d thread(s) in %.2f s (%lu aborted and run again), %lu log "
+              "truncations\n",
+              (unsigned long)all.acked_total, threads, secs, (unsigned long)all.retries, (unsigned long)st.truncations);
+}
+
+TEST_P(DaemonTxnTest, TxnBankTransfersOnThreeDaemons) {
+  ASSERT_NO_FATAL_FAILURE(start_bank_daemons());
+  auto opened = connect_store();
+  ASSERT_TRUE(opened.is_ok()) << describe(opened.status()) << daemon_logs();
+  txn::Store& store = **opened;
+  EXPECT_EQ(store.replicas(), 3u);
+  EXPECT_EQ(store.group().mode(), GetParam());
+  EXPECT_EQ(store.data_size(), kAccounts * kSlot);
+  ASSERT_TRUE(fund(store).is_ok()) << daemon_logs();
+  watchdog_.phase("transfers");
+  ASSERT_NO_FATAL_FAILURE(bank_transfers(store, so_, 1, 300, [this] { return daemon_logs(); }));
+}
+
+// Two threads at once: commits pipelined through the daemons, conflicts
+// aborted and run again. (Applied commits were once reaped in the order the
+// threads reached their commit points, not in LSN order: applied_lsn went
+// backwards and reads of a stripe the later commit wrote aborted forever.)
+TEST_P(DaemonTxnTest, TxnBankTransfersFromTwoThreads) {
+  ASSERT_NO_FATAL_FAILURE(start_bank_daemons());
+  auto opened = connect_store();
+  ASSERT_TRUE(opened.is_ok()) << describe(opened.status()) << daemon_logs();
+  txn::Store& store = **opened;
+  ASSERT_TRUE(fund(store).is_ok()) << daemon_logs();
+  watchdog_.phase("transfers from two threads");
+  ASSERT_NO_FATAL_FAILURE(bank_transfers(store, so_, 2, 150, [this] { return daemon_logs(); }));
+}
+
+TEST_P(DaemonTxnTest, TxnSigkillOfTheMiddleDaemonThenRecoverKeepsEveryAcknowledgedTransfer) {
+  ASSERT_NO_FATAL_FAILURE(start_bank_daemons());
+  auto opened = connect_store();
+  ASSERT_TRUE(opened.is_ok()) << describe(opened.status()) << daemon_logs();
+  txn::Store& store = **opened;
+  ASSERT_TRUE(fund(store).is_ok()) << daemon_logs();
+  Daemon& middle = *daemons_[1];
+  const uint16_t control_port = middle.control_port();
+
+  // Transfers; after kAckedBeforeKill acknowledged ones the middle daemon
+  // gets SIGKILL, and transfers go on until one fails.
+  constexpr uint64_t kAckedBeforeKill = 40;
+  std::mt19937_64 rng(7);
+  Ledger ledger;
+  TransferResult failed;
+  bool killed = false;
+  Clock::time_point killed_at;
+  double kill_to_error = -1;
+  uint64_t acked_after_kill = 0;
+  watchdog_.phase("transfers, then SIGKILL of the middle daemon");
+  for (uint64_t k = 0;; ++k) {
+    ASSERT_LT(k, 100'000u) << "no error after the kill";
+    TransferResult r = transfer(store, rng, ledger);
+    if (!r.status.is_ok()) {
+      failed = r;
+      if (killed) kill_to_error = seconds_since(killed_at);
+      break;
+    }
+    if (killed) ++acked_after_kill;
+    if (!killed && ledger.acked_total == kAckedBeforeKill) {
+      middle.process()->signal(SIGKILL);
+      killed = true;
+      killed_at = Clock::now();
+    }
+  }
+  ASSERT_TRUE(killed) << "a transfer failed before the kill: " << describe(failed.status) << daemon_logs();
+  // An error, not a hang: within op_timeout (+1 s of slack), of the kinds
+  // that mean "the chain broke" (for commit(): in doubt).
+  EXPECT_TRUE(failed.status.code() == StatusCode::kUnavailable ||
+              failed.status.code() == StatusCode::kDeadlineExceeded)
+      << describe(failed.status);
+  EXPECT_GE(kill_to_error, 0);
+  EXPECT_LT(kill_to_error, kOpTimeoutNs / 1e9 + 1.0)
+      << "the first error came " << kill_to_error << " s after the kill: " << describe(failed.status);
+  std::printf("[          ] %lu transfers acknowledged (%lu after the kill), first error %.3f s after the kill "
+              "(%s): %s\n",
+              (unsigned long)ledger.acked_total, (unsigned long)acked_after_kill, kill_to_error,
+              failed.in_doubt ? "commit, in doubt" : "before commit", describe(failed.status).c_str());
+  EXPECT_FALSE(store.healthy());
+  {  // Later transfers are refused at once: the store needs recover().
+    const auto t = Clock::now();
+    TransferResult r = transfer(store, rng, ledger);
+    EXPECT_EQ(r.status.code(), StatusCode::kUnavailable) << describe(r.status);
+    EXPECT_LT(seconds_since(t), 1.0) << describe(r.status);
+  }
+
+  watchdog_.phase("waiting for the killed daemon to exit");
+  ASSERT_TRUE(middle.stop(SIGKILL));
+  EXPECT_TRUE(WIFSIGNALED(middle.exit_status()) && WTERMSIG(middle.exit_status()) == SIGKILL)
+      << middle.describe_exit();
+  {  // recover() while the daemon is down: kUnavailable naming it, at once.
+    watchdog_.phase("recover() with the middle daemon down");
+    const auto t = Clock::now();
+    Status s = store.recover();
+    EXPECT_EQ(s.code(), StatusCode::kUnavailable) << describe(s);
+    EXPECT_NE(s.message().find(middle.endpoint()), std::string::npos) << describe(s);
+    EXPECT_LT(seconds_since(t), 5.0) << describe(s);
+    EXPECT_FALSE(store.healthy());
+  }
+
+  // Restart on the same config and files, on its control port (the store's
+  // endpoint) and a fresh data port.
+  middle.spec().control_port = control_port;
+  middle.spec().data_port = 0;
+  watchdog_.phase("restarting the middle daemon");
+  ASSERT_TRUE(middle.start()) << daemon_logs();
+  ASSERT_EQ(middle.control_port(), control_port);
+  // The daemon serves once its ready line is out; recover() is still retried
+  // (bounded) on kUnavailable in case the chain is not up at once.
+  watchdog_.phase("recover() after the restart");
+  const auto tr = Clock::now();
+  Status rec;
+  int attempts = 0;
+  do {
+    ++attempts;
+    rec = store.recover();
+  } while (rec.code() == StatusCode::kUnavailable && seconds_since(tr) < 10.0);
+  ASSERT_TRUE(rec.is_ok()) << "recover() after " << attempts << " attempts: " << describe(rec) << daemon_logs();
+  EXPECT_TRUE(store.healthy());
+  const txn::StoreStats st = store.stats();
+  uint64_t landed = 0;
+  ASSERT_NO_FATAL_FAILURE(expect_accounts(store, ledger, "after recovery", &landed)) << daemon_logs();
+  std::printf("[          ] recovered in %.3f s (%d attempt(s)): %lu records replayed, %lu bytes resynced; "
+              "in-doubt transfers present: %lu\n",
+              seconds_since(tr), attempts, (unsigned long)st.replayed_records, (unsigned long)st.resynced_bytes,
+              (unsigned long)landed);
+  ASSERT_NO_FATAL_FAILURE(expect_replicas_identical(store, so_, "after recovery")) << daemon_logs();
+
+  // New transfers commit on the rebuilt chain, the restarted replica included.
+  watchdog_.phase("transfers after recovery");
+  for (int k = 0; k < 60; ++k) {
+    TransferResult r = transfer(store, rng, ledger);
+    ASSERT_TRUE(r.status.is_ok()) << "transfer " << k << " after recovery: " << describe(r.status) << daemon_logs();
+  }
+  ASSERT_NO_FATAL_FAILURE(expect_accounts(store, ledger, "after new transfers", &landed));
+  EXPECT_EQ(landed, 0u);
+  ASSERT_NO_FATAL_FAILURE(expect_replicas_identical(store, so_, "after new transfers")) << daemon_logs();
+}
+
+// A client process that dies leaves commits that are durable but maybe not
+// applied (its Store never drained), and its members on the daemons (dropped
+// when its control connections close). Modelled by destroying the Store
+// right after its last commit returned: a new client's Store::connect finds
+// every acknowledged transfer, exactly, on identical replicas. Three
+// generations of clients, each continuing the previous one's ledger.
+TEST_P(DaemonTxnTest, TxnClientGoneWithUnappliedCommitsNextClientFindsEveryTransfer) {
+  ASSERT_NO_FATAL_FAILURE(start_bank_daemons());
+  std::mt19937_64 rng(11);
+  Ledger ledger;
+  constexpr int kClients = 3;
+  constexpr int kTransfersEach = 100;
+  for (int c = 0; c <= kClients; ++c) {
+    auto opened = connect_store();
+    ASSERT_TRUE(opened.is_ok()) << "client " << c << ": " << describe(opened.status()) << daemon_logs();
+    std::unique_ptr<txn::Store> store = std::move(opened).value();
+    const std::string who = "client " + std::to_string(c);
+    if (c == 0) {
+      ASSERT_TRUE(fund(*store).is_ok()) << daemon_logs();
+    } else {
+      // The previous client's last commit was not applied when it went:
+      // recovery replayed it (at least) from the log.
+      const txn::StoreStats st = store->stats();
+      EXPECT_GE(st.replayed_records, 1u) << who;
+      uint64_t landed = 0;
+      ASSERT_NO_FATAL_FAILURE(expect_accounts(*store, ledger, who + " after connect", &landed)) << daemon_logs();
+      EXPECT_EQ(landed, 0u) << who;  // nothing was in doubt: every transfer was acknowledged
+      ASSERT_NO_FATAL_FAILURE(expect_replicas_identical(*store, so_, who + " after connect")) << daemon_logs();
+      std::printf("[          ] %s: %lu records replayed\n", who.c_str(), (unsigned long)st.replayed_records);
+    }
+    if (c == kClients) break;
+    watchdog_.phase(who + ": transfers");
+    for (int k = 0; k < kTransfersEach; ++k) {
+      TransferResult r = transfer(*store, rng, ledger);
+      ASSERT_TRUE(r.status.is_ok()) << who << ", transfer " << k << ": " << describe(r.status) << daemon_logs();
+    }
+    // The client goes: no drain(), no poll().
+    watchdog_.phase(who + ": destroying the store");
+    const auto t = Clock::now();
+    store.reset();
+    EXPECT_LT(seconds_since(t), 5.0) << who << ": destroying the store took long";
+  }
+  EXPECT_EQ(ledger.acked_total, uint64_t(kClients * kTransfersEach));
+}
+
+// recover() drops the old group before it builds the new one: when building
+// fails (a daemon is down) the store has no group at all. It refuses work
+// with kUnavailable (it once dereferenced the missing group in commit()).
+TEST_P(DaemonTxnTest, TxnCommitAfterAFailedRecoverIsRefused) {
+  ASSERT_NO_FATAL_FAILURE(start_bank_daemons());
+  auto opened = connect_store();
+  ASSERT_TRUE(opened.is_ok()) << describe(opened.status()) << daemon_logs();
+  txn::Store& store = **opened;
+  ASSERT_TRUE(fund(store).is_ok()) << daemon_logs();
+  watchdog_.phase("stopping the middle daemon");
+  ASSERT_TRUE(daemons_[1]->stop(SIGKILL));
+  Status r = store.recover();
+  ASSERT_EQ(r.code(), StatusCode::kUnavailable) << describe(r);
+  EXPECT_FALSE(store.healthy());
+  watchdog_.phase("commit on a store whose recover() failed");
+  txn::Transaction t = store.begin();
+  const uint64_t rec[2] = {1, 2};
+  ASSERT_TRUE(t.write(0, words_of(rec, 2)).is_ok());
+  Status c = t.commit();
+  EXPECT_EQ(c.code(), StatusCode::kUnavailable) << describe(c);
+  std::mt19937_64 rng(3);
+  Ledger ledger;
+  EXPECT_EQ(transfer(store, rng, ledger).status.code(), StatusCode::kUnavailable);
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, DaemonTxnTest, ::testing::ValuesIn(kModes), mode_name);
 
 }  // namespace
 }  // namespace hyperloop::daemon_test

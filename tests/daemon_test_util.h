@@ -498,15 +498,16 @@ inline constexpr uint64_t kOpTimeoutNs = 2'000'000'000;  // GroupOptions::op_tim
 class Client {
  public:
   // Listens on ipv4 (a concrete local address) and creates the NIC and its
-  // executor thread (at the raised priority, see kChildNice).
-  Status init(const std::string& ipv4) {
+  // executor thread (at the raised priority, see kChildNice). ack_timeout_ns:
+  // the NIC's transport timer.
+  Status init(const std::string& ipv4, uint64_t ack_timeout_ns = kAckTimeoutNs) {
     raise_own_priority();
     executor_.emplace();
     auto port = fabric_.listen(ipv4);
     if (!port.is_ok()) return port.status();
     soft::NicOptions no;
     no.name = "client";
-    no.ack_timeout_ns = kAckTimeoutNs;
+    no.ack_timeout_ns = ack_timeout_ns;
     auto nic = fabric_.create_nic(no);
     if (!nic.is_ok()) return nic.status();
     nic_ = std::move(*nic);
