@@ -35,6 +35,12 @@ struct Group::Impl {
   std::vector<std::unique_ptr<rnic::QueuePair>> ctrl;
   std::vector<std::byte> msg_store, ack_store, staging_store, small_store;
   std::byte *msg = nullptr, *acks = nullptr, *staging = nullptr, *small = nullptr;
+  // small: [0, kCreditBytes) credit reads (8 bytes per replica), the rest
+  // the bounce buffer of Group::read. Apart, so that a credit READ that timed
+  // out and lands late cannot overwrite a read's bytes.
+  static constexpr size_t kCreditBytes = 64;
+  static_assert(8 * kMaxReplicas <= kCreditBytes);
+  uint64_t read_seq = 0;  // wr_id of the last synchronous READ
   std::unique_ptr<rnic::MemoryRegion> msg_mr, ack_mr, staging_mr, small_mr;
   size_t msg_stride = 0, ack_stride = 0;
   static constexpr size_t kSmallBytes = 64 * 1024;  // credits + read bounce
@@ -238,12 +244,15 @@ Status Group::Impl::read_sync(rnic::QueuePair& qp, uint64_t raddr, uint32_t rkey
   wr.sg = {&sg, 1};
   wr.remote_addr = raddr;
   wr.rkey = rkey;
+  wr.wr_id = ++read_seq;
   HL_RETURN_IF_ERROR(qp.post_send(wr));
   rnic::WorkCompletion wc;
   for (;;) {
     auto r = ctrl_cq->poll({&wc, 1});
     if (!r.is_ok()) return r.status();
-    if (*r) break;
+    // A completion of an earlier READ that timed out is not ours: skip it.
+    if (*r && wc.wr_id == wr.wr_id) break;
+    if (*r) continue;
     if (now() > deadline) return Status(StatusCode::kDeadlineExceeded, "replica did not answer a READ");
     progress();
   }
@@ -499,10 +508,18 @@ Status Group::read(uint32_t replica, uint64_t offset, std::span<std::byte> dst) 
   if (g.broken) return g.refused();
   const uint64_t deadline = g.now() + g.o.op_timeout_ns;
   for (size_t done = 0; done < dst.size();) {
-    const uint32_t chunk = uint32_t(std::min<size_t>(dst.size() - done, Impl::kSmallBytes));
-    HL_RETURN_IF_ERROR(g.read_sync(*g.ctrl[replica], g.members[replica].region_addr + offset + done,
-                                   g.members[replica].region_rkey, g.small, chunk, deadline));
-    std::memcpy(dst.data() + done, g.small, chunk);
+    const uint32_t chunk = uint32_t(std::min<size_t>(dst.size() - done, Impl::kSmallBytes - Impl::kCreditBytes));
+    std::byte* bounce = g.small + Impl::kCreditBytes;
+    const Status st = g.read_sync(*g.ctrl[replica], g.members[replica].region_addr + offset + done,
+                                  g.members[replica].region_rkey, bounce, chunk, deadline);
+    if (st.code() == StatusCode::kDeadlineExceeded) {
+      // The READ is still posted and may land in the bounce buffer later:
+      // nothing read over this group could be trusted again.
+      g.fail_all(Status(StatusCode::kUnavailable, "a replica did not answer a READ within op_timeout"));
+      return st;
+    }
+    HL_RETURN_IF_ERROR(st);
+    std::memcpy(dst.data() + done, bounce, chunk);
     done += chunk;
   }
   return Status::ok();

@@ -574,5 +574,41 @@ TEST_P(RealTimeFaultTest, CrashedReplicaNicFailsPendingOperationsWithinOpTimeout
 INSTANTIATE_TEST_SUITE_P(Modes, RealTimeFaultTest, ::testing::ValuesIn(kBothModes),
                          [](const auto& info) { return mode_name(info.param); });
 
+
+// ---- a READ that times out breaks the group ---------------------------------------------------
+// Group::read of a replica behind a cut link gives up after op_timeout while
+// its READ is still posted (the transport keeps retrying). Once the link
+// heals that READ completes late; had the group stayed usable, the next
+// read would have taken that completion, and stale bytes, for its own.
+class ReadTimeoutTest : public ::testing::TestWithParam<ForwardMode> {};
+
+TEST_P(ReadTimeoutTest, AnUnansweredReadBreaksTheGroupSoALateCompletionIsNeverTakenForAnother) {
+  ClusterOptions o;
+  o.mode = GetParam();
+  o.seed = kSeed ^ 0x7ead;
+  o.nic.ack_timeout_ns = 50'000'000;  // the transport retries long after op_timeout
+  o.op_timeout_ns = 1'000'000;
+  SCOPED_TRACE(trace(o));
+  Cluster c(o);
+  const auto a = pattern(64, 0xA);
+  Op op;
+  ASSERT_TRUE(IsOk(c.group().write(op, 0, a)));
+  ASSERT_TRUE(IsOk(c.group().wait(op)));
+  std::vector<std::byte> got(64);
+  c.fabric().set_link(c.client(), c.nic(2), false);
+  const Status s = c.group().read(2, 0, got);
+  EXPECT_EQ(s.code(), StatusCode::kDeadlineExceeded) << s.to_string();
+  EXPECT_TRUE(c.group().broken());
+  c.fabric().set_link(c.client(), c.nic(2), true);
+  c.turns(200'000);  // the late READ completes
+  const Status again = c.group().read(1, 0, got);
+  EXPECT_EQ(again.code(), StatusCode::kUnavailable) << again.to_string();
+  Op refused;
+  EXPECT_EQ(c.group().write(refused, 0, a).code(), StatusCode::kUnavailable);
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, ReadTimeoutTest, ::testing::ValuesIn(kBothModes),
+                         [](const auto& i) { return mode_name(i.param); });
+
 }  // namespace
 }  // namespace hyperloop::prim_test

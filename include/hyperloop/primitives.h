@@ -152,6 +152,8 @@ class Group {
 
   // Reads [offset, offset+dst.size()) of one replica's region with RDMA READ
   // (synchronous; for checks and for readers that go straight to a replica).
+  // A READ not answered within op_timeout gives kDeadlineExceeded and breaks
+  // the group (its late completion could be taken for a later READ's).
   Status read(uint32_t replica, uint64_t offset, std::span<std::byte> dst);
 
   // Progress: takes acknowledgements, completes operations in order, fails
