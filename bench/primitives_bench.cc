@@ -59,8 +59,6 @@
 // Run (CI smoke): primitives_bench --benchmark_min_time=0.01
 // Run (figures):  primitives_bench
 #include <benchmark/benchmark.h>
-#include <pthread.h>
-#include <sched.h>
 
 #include <algorithm>
 #include <array>
@@ -77,6 +75,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_util.h"
 #include "hyperloop/primitives.h"
 #include "hyperloop/soft_rnic.h"
 #include "hyperloop/status.h"
@@ -84,6 +83,12 @@
 namespace {
 
 using namespace hyperloop;  // NOLINT
+using bench::AffinityGuard;
+using bench::BusyTenants;
+using bench::cpu_relax;
+using bench::ForeignCpu;
+using bench::have_cpus_0_and_1;
+using bench::pin_self;
 using prim::ForwardMode;
 using prim::Group;
 using prim::Op;
@@ -103,14 +108,6 @@ constexpr uint32_t kWindow = 64;  // throughput: operations in flight
 
 double g_mt_seconds = 2.0;  // multi-tenant sampling budget per case
 
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
-}
-
 ForwardMode mode_of(int64_t m) { return m == 0 ? ForwardMode::kOffload : ForwardMode::kCpuForward; }
 
 // ---- results kept for the summary -------------------------------------------------------
@@ -125,25 +122,13 @@ void record(const std::string& key, const Summary& s) {
   g_sum[key] = s;
 }
 
-uint64_t percentile(const std::vector<uint64_t>& sorted, double q) {
-  if (sorted.empty()) return 0;
-  size_t idx = static_cast<size_t>(q * static_cast<double>(sorted.size()) + 0.999999);
-  idx = std::clamp<size_t>(idx, 1, sorted.size()) - 1;
-  return sorted[idx];
-}
-
 Summary report_latencies(benchmark::State& state, std::vector<uint64_t>& lat_ns) {
+  const bench::LatencySummary l = bench::report_latencies(state, lat_ns);
   Summary s;
-  if (lat_ns.empty()) return s;
-  std::sort(lat_ns.begin(), lat_ns.end());
-  s.p50 = static_cast<double>(percentile(lat_ns, 0.50));
-  s.p99 = static_cast<double>(percentile(lat_ns, 0.99));
-  s.p999 = static_cast<double>(percentile(lat_ns, 0.999));
-  s.ops = lat_ns.size();
-  state.counters["p50_ns"] = s.p50;
-  state.counters["p99_ns"] = s.p99;
-  state.counters["p999_ns"] = s.p999;
-  state.counters["max_ns"] = static_cast<double>(lat_ns.back());
+  s.p50 = l.p50;
+  s.p99 = l.p99;
+  s.p999 = l.p999;
+  s.ops = l.count;
   return s;
 }
 
@@ -155,78 +140,6 @@ Summary report_latencies(benchmark::State& state, std::vector<uint64_t>& lat_ns)
       return;                                               \
     }                                                       \
   } while (0)
-
-// ---- interference: CPU used by other processes during a measurement -------------------
-// The figures are only meaningful on an otherwise idle machine; this makes a
-// noisy neighbour visible instead of silently inflating the tail.
-class ForeignCpu {
- public:
-  ForeignCpu() { sample(&busy0_, &self0_, &total0_); }
-  // Percent of the machine's CPU capacity used by other processes since construction.
-  double percent() const {
-    uint64_t busy, self, total;
-    sample(&busy, &self, &total);
-    const double d_total = double(total - total0_);
-    if (d_total <= 0) return 0;
-    const double foreign = double(busy - busy0_) - double(self - self0_);
-    return std::max(0.0, 100.0 * foreign / d_total);
-  }
-
- private:
-  static void sample(uint64_t* busy, uint64_t* self, uint64_t* total) {
-    *busy = *self = *total = 0;
-    if (FILE* f = std::fopen("/proc/stat", "r")) {
-      unsigned long long v[8] = {};
-      if (std::fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
-                      &v[6], &v[7]) == 8) {
-        for (int i = 0; i < 8; ++i) *total += v[i];
-        *busy = *total - v[3] - v[4];  // minus idle and iowait
-      }
-      std::fclose(f);
-    }
-    if (FILE* f = std::fopen("/proc/self/stat", "r")) {
-      char buf[1024];
-      const size_t len = std::fread(buf, 1, sizeof buf - 1, f);
-      buf[len] = 0;
-      std::fclose(f);
-      // Fields after the command name (which may hold spaces): state is field 3,
-      // utime and stime are fields 14 and 15.
-      if (const char* p = std::strrchr(buf, ')')) {
-        unsigned long long ut = 0, st = 0;
-        if (std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) == 2) *self = ut + st;
-      }
-    }
-  }
-  uint64_t busy0_, self0_, total0_;
-};
-
-// ---- CPU placement ----------------------------------------------------------------------
-bool pin_self(int cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  return pthread_setaffinity_np(pthread_self(), sizeof(set), &set) == 0;
-}
-
-bool have_cpus_0_and_1() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) != 0) return false;
-  return CPU_ISSET(0, &set) && CPU_ISSET(1, &set);
-}
-
-// Restores the calling thread's affinity when it goes out of scope.
-class AffinityGuard {
- public:
-  AffinityGuard() { ok_ = pthread_getaffinity_np(pthread_self(), sizeof(saved_), &saved_) == 0; }
-  ~AffinityGuard() {
-    if (ok_) pthread_setaffinity_np(pthread_self(), sizeof(saved_), &saved_);
-  }
-
- private:
-  cpu_set_t saved_;
-  bool ok_ = false;
-};
 
 // ---- the fixture ------------------------------------------------------------------------
 struct ChainConfig {
@@ -541,33 +454,6 @@ void BM_Throughput(benchmark::State& state, Prim p) {
 }
 
 // ---- multi-tenant ----------------------------------------------------------------------------
-// K busy tenant threads per replica host, pinned to the application core,
-// spinning on arithmetic until told to stop.
-class BusyTenants {
- public:
-  BusyTenants(int cpu, uint32_t count) {
-    for (uint32_t t = 0; t < count; ++t)
-      threads_.emplace_back([this, cpu, t] {
-        pin_self(cpu);
-        uint64_t x = 0x9e3779b97f4a7c15ull + t;
-        while (!stop_.load(std::memory_order_relaxed))
-          for (int k = 0; k < 1024; ++k) x = x * 6364136223846793005ull + 1442695040888963407ull;
-        sink_.fetch_add(x, std::memory_order_relaxed);
-      });
-  }
-  ~BusyTenants() { stop(); }
-  void stop() {
-    stop_.store(true, std::memory_order_relaxed);
-    for (auto& t : threads_)
-      if (t.joinable()) t.join();
-  }
-
- private:
-  std::atomic<bool> stop_{false};
-  std::atomic<uint64_t> sink_{0};
-  std::vector<std::thread> threads_;
-};
-
 constexpr int kNicCpu = 0, kAppCpu = 1;
 
 // Args: mode, K. gWRITE of 64 B over 3 replicas.

@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "hyperloop/rnic.h"
 #include "hyperloop/soft_rnic.h"
 #include "hyperloop/status.h"
@@ -40,6 +41,8 @@
 namespace {
 
 using namespace hyperloop;  // NOLINT
+using bench::cpu_relax;
+using bench::report_latencies;
 using rnic::CompletionQueue;
 using rnic::MemoryRegion;
 using rnic::QueuePair;
@@ -48,14 +51,6 @@ using Clk = std::chrono::steady_clock;
 
 // A busy poll that sees nothing for this long is declared hung.
 constexpr auto kPollTimeout = std::chrono::seconds(10);
-
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
-}
 
 enum class Exec { kSingleThread, kThreadPerNic };
 
@@ -156,22 +151,6 @@ std::string poll_n(CompletionQueue& cq, size_t n, const char* what,
     }
   }
   return {};
-}
-
-uint64_t percentile(const std::vector<uint64_t>& sorted, double q) {
-  if (sorted.empty()) return 0;
-  size_t idx = static_cast<size_t>(q * static_cast<double>(sorted.size()) + 0.999999);
-  idx = std::clamp<size_t>(idx, 1, sorted.size()) - 1;
-  return sorted[idx];
-}
-
-void report_latencies(benchmark::State& state, std::vector<uint64_t>& lat_ns) {
-  if (lat_ns.empty()) return;
-  std::sort(lat_ns.begin(), lat_ns.end());
-  state.counters["p50_ns"] = static_cast<double>(percentile(lat_ns, 0.50));
-  state.counters["p99_ns"] = static_cast<double>(percentile(lat_ns, 0.99));
-  state.counters["p999_ns"] = static_cast<double>(percentile(lat_ns, 0.999));
-  state.counters["max_ns"] = static_cast<double>(lat_ns.back());
 }
 
 // The benchmark now running, for error messages (benchmarks run one at a time).
