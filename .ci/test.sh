@@ -49,8 +49,9 @@ build-asan/examples/hyperloop-demo 200
 build-asan/examples/hyperloop-remote-patch-demo
 build-asan/examples/hyperloop-txn-demo 200
 
-section "benchmark smoke run (build/bench/soft_rnic_bench)"
+section "benchmark smoke runs (build/bench/soft_rnic_bench, txn_bench latency cases)"
 build/bench/soft_rnic_bench --benchmark_min_time=0.01
+build/bench/txn_bench --benchmark_filter=BM_CommitLatency --benchmark_min_time=0.01
 
 section "install check"
 TMP="$(mktemp -d)"
