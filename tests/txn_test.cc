@@ -404,7 +404,7 @@ TEST_P(TxnErrors, OutsideTheDataAreaIsOutOfRange) {
   };
   const R bad[] = {{d, 1},          {d, 8},           {d - 1, 2},  {d - 10, 20}, {d + 4096, 16}, {0, size_t(d) + 1},
                    {UINT64_MAX, 1}, {UINT64_MAX - 7, 16},  // offset + len wraps to 8
-                   {UINT64_MAX - d + 1, size_t(d)},         // wraps to exactly 0 + ...
+                   {UINT64_MAX - d + 1, size_t(d)},         // offset + len wraps to exactly 0
                    {uint64_t(1) << 63, 8}};
   std::vector<std::byte> buf(d + 8);
   Transaction t = rig.store().begin();
@@ -683,7 +683,7 @@ TEST_P(TxnErrors, ReplicaCrashIsUnavailableUntilRecover) {
   const Status dead = rig.store().recover();
   EXPECT_FALSE(dead.is_ok());
   EXPECT_FALSE(rig.store().healthy());
-  // Still refused (not a crash: the store may have no group at all now).
+  // Still refused, whatever group (if any) the failed recovery left behind.
   EXPECT_CODE(rig.put(0, pattern(64, 1)), StatusCode::kUnavailable);
 
   // A new replica in position 1: recovered, resynchronised, serving.
