@@ -1,11 +1,12 @@
 // Install check: opens the software RNIC through the installed package's
 // public interface, creates a protection domain and a completion queue,
-// prints the device capabilities and exits 0 (1 on any error).
+// prints the device capabilities, links the transaction layer, and exits 0 (1 on any error).
 #include <cstdio>
 #include <memory>
 #include <span>
 
 #include "hyperloop/rnic.h"
+#include "hyperloop/txn.h"
 
 namespace rnic = hyperloop::rnic;
 
@@ -15,6 +16,13 @@ int main() {
     std::fprintf(stderr, "open_device(\"soft\"): %s\n", dev.status().to_string().c_str());
     return 1;
   }
+  // The transaction layer links: a store's region size for default options.
+  const size_t region = hyperloop::txn::Store::region_bytes(hyperloop::txn::StoreOptions{});
+  if (region == 0) {
+    std::fprintf(stderr, "txn::Store::region_bytes: 0 for default options\n");
+    return 1;
+  }
+  std::printf("txn store region for default options: %zu bytes\n", region);
   const rnic::DeviceCaps& c = (*dev)->caps();
   std::printf("device %s (backend %s)\n", c.name.c_str(), c.backend.c_str());
   std::printf("  cross_channel=%d managed_queues=%d raw_send_ring=%d raw_recv_ring=%d raw_cq_ring=%d\n",
