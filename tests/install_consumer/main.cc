@@ -1,6 +1,7 @@
 // Install check: opens the software RNIC through the installed package's
 // public interface, creates a protection domain and a completion queue,
-// prints the device capabilities, links the transaction layer, and exits 0 (1 on any error).
+// prints the device capabilities, links the transaction layer, and exits 0
+// (1 on any error).
 #include <cstdio>
 #include <memory>
 #include <span>
