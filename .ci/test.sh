@@ -5,7 +5,7 @@
 #   3. the demo (the main job) under the sanitizers, and a short smoke run of
 #      the benchmark binary
 #   4. install check: cmake --install, then a consumer project that does
-#      find_package(hyperloop) and links hyperloop::rnic
+#      find_package(hyperloop) and links hyperloop::txn
 # Fresh Debian 12, as root: bash .ci/test.sh   (exits non-zero on any failure)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
