@@ -7,6 +7,8 @@
 //   AffinityGuard
 //   BusyTenants                     threads that spin on arithmetic on one core
 //   cpu_relax                       the pause instruction of a busy poll
+//   Results<S>                      per-case results kept for the end-of-run summary
+//   BENCH_CHECK_OK                  skip the case with the error of a failed Status
 #pragma once
 
 #include <benchmark/benchmark.h>
@@ -18,9 +20,13 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "hyperloop/status.h"
 
 namespace hyperloop::bench {
 
@@ -176,4 +182,34 @@ class BusyTenants {
   std::vector<std::thread> threads_;
 };
 
+// Per-case results, keyed by case, for the summary printed after the run.
+// record() is thread-safe; find() and all() are for after the run.
+template <typename S>
+class Results {
+ public:
+  void record(const std::string& key, const S& s) {
+    std::lock_guard<std::mutex> l(mu_);
+    map_[key] = s;
+  }
+  const S* find(const std::string& key) const {
+    auto it = map_.find(key);
+    return it == map_.end() ? nullptr : &it->second;
+  }
+  const std::map<std::string, S>& all() const { return map_; }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, S> map_;
+};
+
 }  // namespace hyperloop::bench
+
+// Skips the benchmark case with the error text when expr is not OK.
+#define BENCH_CHECK_OK(state, expr)                         \
+  do {                                                      \
+    ::hyperloop::Status bench_st_ = (expr);                 \
+    if (!bench_st_.is_ok()) {                               \
+      (state).SkipWithError(bench_st_.to_string().c_str()); \
+      return;                                               \
+    }                                                       \
+  } while (0)

@@ -115,12 +115,8 @@ struct Summary {
   double p50 = 0, p99 = 0, p999 = 0, cpu_per_op = 0, rearm_per_op = -1;
   uint64_t ops = 0;
 };
-std::mutex g_sum_mu;
-std::map<std::string, Summary> g_sum;
-void record(const std::string& key, const Summary& s) {
-  std::lock_guard<std::mutex> l(g_sum_mu);
-  g_sum[key] = s;
-}
+bench::Results<Summary> g_sum;
+void record(const std::string& key, const Summary& s) { g_sum.record(key, s); }
 
 Summary report_latencies(benchmark::State& state, std::vector<uint64_t>& lat_ns) {
   const bench::LatencySummary l = bench::report_latencies(state, lat_ns);
@@ -131,15 +127,6 @@ Summary report_latencies(benchmark::State& state, std::vector<uint64_t>& lat_ns)
   s.ops = l.count;
   return s;
 }
-
-#define BENCH_CHECK_OK(state, expr)                         \
-  do {                                                      \
-    ::hyperloop::Status bench_st_ = (expr);                 \
-    if (!bench_st_.is_ok()) {                               \
-      (state).SkipWithError(bench_st_.to_string().c_str()); \
-      return;                                               \
-    }                                                       \
-  } while (0)
 
 // ---- the fixture ------------------------------------------------------------------------
 struct ChainConfig {
@@ -587,12 +574,8 @@ BENCHMARK_CAPTURE(BM_MultiTenant, client_on_nic_core, true)
 
 // ---- summary -----------------------------------------------------------------------------------
 void print_summary() {
-  std::lock_guard<std::mutex> l(g_sum_mu);
-  if (g_sum.empty()) return;
-  auto find = [&](const std::string& k) -> const Summary* {
-    auto it = g_sum.find(k);
-    return it == g_sum.end() ? nullptr : &it->second;
-  };
+  if (g_sum.all().empty()) return;
+  auto find = [&](const std::string& k) { return g_sum.find(k); };
   std::fprintf(stderr, "\n== summary (measured, not asserted) ==\n");
   for (const char* place : {"app", "nic"}) {
     bool any = false;
@@ -634,7 +617,7 @@ void print_summary() {
   // idle naps (what re-arming added).
   double worst = -1, worst_net = -1;
   std::string worst_key, worst_net_key;
-  for (const auto& [k, s] : g_sum) {
+  for (const auto& [k, s] : g_sum.all()) {
     if (k.rfind("mt/", 0) == 0) continue;
     const size_t slash = k.find('/', k.find('/') + 1);  // after "<kind>/<prim>"
     if (k.compare(slash, 3, "/0/") != 0) continue;       // offload rows only

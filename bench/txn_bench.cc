@@ -220,12 +220,8 @@ struct Summary {
   double commits_per_s = 0, cpu_per_commit = 0, foreign_pct = 0;
   uint64_t commits = 0, aborts = 0;
 };
-std::mutex g_sum_mu;
-std::map<std::string, Summary> g_sum;
-void record(const std::string& key, const Summary& s) {
-  std::lock_guard<std::mutex> l(g_sum_mu);
-  g_sum[key] = s;
-}
+bench::Results<Summary> g_sum;
+void record(const std::string& key, const Summary& s) { g_sum.record(key, s); }
 std::string lat_key(int64_t mode, int64_t ranges, int64_t bytes) {
   return "lat/" + std::to_string(mode) + "/" + std::to_string(ranges) + "/" + std::to_string(bytes);
 }
@@ -235,15 +231,6 @@ std::string tput_key(int64_t mode, int64_t threads) {
 std::string mt_key(bool nic, int64_t mode, int64_t k) {
   return std::string("mt/") + (nic ? "nic" : "app") + "/" + std::to_string(mode) + "/" + std::to_string(k);
 }
-
-#define BENCH_CHECK_OK(state, expr)                         \
-  do {                                                      \
-    ::hyperloop::Status bench_st_ = (expr);                 \
-    if (!bench_st_.is_ok()) {                               \
-      (state).SkipWithError(bench_st_.to_string().c_str()); \
-      return;                                               \
-    }                                                       \
-  } while (0)
 
 // ---- the fixture ------------------------------------------------------------------------
 struct BedConfig {
@@ -631,17 +618,13 @@ BENCHMARK_CAPTURE(BM_MultiTenant, client_on_app_core, false)
 
 // ---- summary -----------------------------------------------------------------------------------
 void print_summary() {
-  std::lock_guard<std::mutex> l(g_sum_mu);
-  if (g_sum.empty()) return;
-  auto find = [&](const std::string& k) -> const Summary* {
-    auto it = g_sum.find(k);
-    return it == g_sum.end() ? nullptr : &it->second;
-  };
+  if (g_sum.all().empty()) return;
+  auto find = [&](const std::string& k) { return g_sum.find(k); };
   auto us = [](const Summary* s, double Summary::*f) { return s ? s->*f / 1000.0 : -1.0; };
   std::fprintf(stderr, "\n== summary (measured, not asserted; -1: not run) ==\n");
 
   bool any_lat = false;
-  for (const auto& [k, s] : g_sum) any_lat |= k.rfind("lat/", 0) == 0;
+  for (const auto& [k, s] : g_sum.all()) any_lat |= k.rfind("lat/", 0) == 0;
   if (any_lat) {
     std::fprintf(stderr, "commit latency, 3 replicas, one-thread executor (us):\n");
     std::fprintf(stderr, "  %6s %5s | %8s %8s %8s | %8s %8s %8s | %s\n", "ranges", "bytes", "off p50", "off p99",
@@ -657,7 +640,7 @@ void print_summary() {
       }
   }
   bool any_tput = false;
-  for (const auto& [k, s] : g_sum) any_tput |= k.rfind("tput/", 0) == 0;
+  for (const auto& [k, s] : g_sum.all()) any_tput |= k.rfind("tput/", 0) == 0;
   if (any_tput) {
     std::fprintf(stderr, "commit throughput, 1 range of 64 B, disjoint keys (commits/s):\n");
     std::fprintf(stderr, "  %7s | %10s %8s %8s | %10s %8s %8s | %s\n", "threads", "offload", "p50 us", "p99 us",

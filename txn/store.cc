@@ -574,9 +574,7 @@ Result<std::unique_ptr<Store>> Store::open(rnic::Device& client, std::span<prim:
   if (replicas.empty()) return invalid_argument("Store::open: no replicas");
   HL_ASSIGN_OR_RETURN(auto impl, new_impl(client, options));
   impl->hosts.assign(replicas.begin(), replicas.end());
-  std::unique_ptr<Store> s(new Store(std::move(impl)));
-  HL_RETURN_IF_ERROR(s->impl_->recover_locked());
-  return s;
+  return start(std::move(impl));
 }
 
 Result<std::unique_ptr<Store>> Store::connect(rnic::Device& client, std::span<const std::string> replicas,
@@ -584,6 +582,11 @@ Result<std::unique_ptr<Store>> Store::connect(rnic::Device& client, std::span<co
   if (replicas.empty()) return invalid_argument("Store::connect: no replicas");
   HL_ASSIGN_OR_RETURN(auto impl, new_impl(client, options));
   impl->endpoints.assign(replicas.begin(), replicas.end());
+  return start(std::move(impl));
+}
+
+// The store over its first group, recovered (or formatted).
+Result<std::unique_ptr<Store>> Store::start(std::unique_ptr<Impl> impl) {
   std::unique_ptr<Store> s(new Store(std::move(impl)));
   HL_RETURN_IF_ERROR(s->impl_->recover_locked());
   return s;

@@ -241,6 +241,7 @@ class Store {
  private:
   friend class Transaction;
   explicit Store(std::unique_ptr<Impl> impl);
+  static Result<std::unique_ptr<Store>> start(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
 
