@@ -3,7 +3,6 @@
 #include "hyperloop/txn.h"
 
 #include <algorithm>
-#include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <mutex>
@@ -29,9 +28,8 @@ using namespace internal;
 // queue only when reaped or, after a failure, when recovery has destroyed the
 // group.
 struct InFlight {
-  explicit InFlight(size_t count) : ops(new prim::Op[count]), n(count) {}
+  explicit InFlight(size_t count) : ops(new prim::Op[count]) {}
   std::unique_ptr<prim::Op[]> ops;
-  size_t n;
   size_t issued = 0;
   bool apply_issued = false;  // past the commit point, apply and unlock all issued
   uint64_t lsn = 0;
@@ -68,7 +66,7 @@ struct Store::Impl {
   std::deque<std::unique_ptr<InFlight>> applying;  // in LSN order
   std::unique_ptr<prim::Op[]> head_ops;  // [0] gFLUSH of applied data, [1] gWRITE of the head, [2] its gFLUSH
   bool head_in_flight = false;
-  uint64_t head_pending_lsn = 0, head_pending_pos = 0;
+  uint64_t head_pending_pos = 0;
   StoreStats stats;
 
   uint64_t now() const { return now_ns(o.group.clock); }
@@ -464,7 +462,6 @@ void Store::Impl::truncate_locked(bool force) {
     return;
   }
   head_slot_next ^= 1;
-  head_pending_lsn = applied_lsn;
   head_pending_pos = applied_pos;
   head_in_flight = true;
 }
