@@ -58,17 +58,67 @@ struct NicStats {
   uint64_t wqes_executed = 0;
   uint64_t packets_sent = 0;
   uint64_t packets_received = 0;
-  uint64_t packets_dropped = 0;       // to a dead port, unknown QP, bad state
+  uint64_t packets_dropped = 0;       // to a dead port, unknown QP, bad state, bad key
+  uint64_t packets_dropped_bad_key = 0;  // inbound, key not the QP's peer's (also counted above)
   uint64_t retransmits = 0;
   uint64_t rnr_naks = 0;
   uint64_t error_cqes = 0;
   uint64_t app_calls = 0;             // data-path calls made by application threads
 };
 
+// Limits of a fabric's TCP wire (Fabric::listen and links to other fabrics).
+// Every resource an unauthenticated peer can make the fabric spend is bounded
+// by one of these. Out-of-range values are clamped (see each field).
+struct FabricOptions {
+  // Inbound connections open at once; one more is accepted, logged and
+  // closed at once (connections_refused).
+  uint32_t max_inbound_connections = 256;
+  // Per inbound connection: packets (and their payload bytes) handed to NIC
+  // inboxes and not yet consumed by the NIC. Over either bound the fabric
+  // stops reading that connection until the NICs catch up (TCP backpressure
+  // instead of memory growth). Clamped to >= 1 and >= max_message_bytes.
+  uint32_t max_inflight_packets_per_connection = 4096;
+  uint64_t max_inflight_bytes_per_connection = 64ull << 20;
+  // Per outbound link: bytes queued and not yet taken by the kernel. A packet
+  // that does not fit is dropped and counted (send_queue_full); RC
+  // retransmission recovers it. Clamped to >= max_message_bytes + a header.
+  uint64_t max_send_queue_bytes = 64ull << 20;
+  // An outbound link still connecting after this long is dead (its packets
+  // are lost and the QPs using it fail after their retry timeouts).
+  uint64_t connect_timeout_ns = 2'000'000'000;
+  // An outbound link whose queue makes no progress for this long (the peer
+  // stopped reading) is cut (links_cut).
+  uint64_t send_stall_timeout_ns = 2'000'000'000;
+  // The largest message (payload of one packet) a NIC of this fabric sends
+  // or accepts from the wire; NICs report it as caps().max_msg_size. Frames
+  // announcing more are rejected before anything is allocated. At most 2^31.
+  uint32_t max_message_bytes = 64u << 20;
+};
+
+// Counters of a fabric's TCP wire (Fabric::wire_stats()), monotonic except
+// connections_open and links_open.
+struct WireStats {
+  uint64_t connections_accepted = 0;   // inbound connections taken
+  uint64_t connections_refused = 0;    // over max_inbound_connections
+  uint64_t connections_open = 0;       // inbound connections open now
+  uint64_t connections_closed = 0;     // inbound: EOF, error, bad frame, shutdown
+  uint64_t frames_rejected = 0;        // malformed frames (the connection is closed)
+  uint64_t packets_dropped_bad_key = 0;       // key is not the QP's peer's (forged)
+  uint64_t packets_dropped_wrong_connection = 0;  // authentic key, but not the QP's bound connection
+  uint64_t packets_dropped_queue_full = 0;    // an outbound send queue was full
+  uint64_t packets_dropped_dead_link = 0;     // sent over a link that is connecting-failed or cut
+  uint64_t links_opened = 0;           // outbound links connected
+  uint64_t links_open = 0;             // outbound links connecting or open now
+  uint64_t connect_failures = 0;       // outbound connects refused or timed out
+  uint64_t links_cut = 0;              // outbound links cut: send stall, peer closed, error
+  uint64_t backpressure_pauses = 0;    // times an inbound connection stopped being read
+};
+
 // The in-process wire: NICs of one Fabric reach each other by address blob.
 class Fabric {
  public:
   Fabric();
+  explicit Fabric(FabricOptions options);
   ~Fabric();
   Fabric(const Fabric&) = delete;
   Fabric& operator=(const Fabric&) = delete;
@@ -103,7 +153,26 @@ class Fabric {
   // link: its QPs' peers fail after their retry timeouts. IPv4 only.
   // Errors: kInvalidArgument (not a concrete IPv4 address), kUnavailable
   // (port in use, no such local address), kAlreadyExists (already listening).
+  //
+  // All TCP I/O of a fabric runs on one event-loop thread of its own (started
+  // by listen(), or by the first connect to another fabric's QP): NIC threads
+  // only queue packets, and connect() never waits for the network.
+  //
+  // Threat model. Trusted: each host's kernel and root, and the replica
+  // daemons. Untrusted: other local processes and tenants, who can open TCP
+  // connections to any port and send any bytes. Every frame is validated
+  // before anything is allocated for it (a bad one closes its connection and
+  // is logged), and every QP has a random 64-bit key carried in its address:
+  // packets a QP accepts must carry its connected peer's key and arrive on
+  // the connection that delivered the peer's first authentic packet (until
+  // that connection closes). Out of scope: an attacker who can read or
+  // inject traffic on the network path: keys travel in clear, as RoCE's
+  // QPNs, PSNs and rkeys do.
   Result<uint16_t> listen(const std::string& ipv4, uint16_t port = 0);
+
+  const FabricOptions& options() const;
+  // A snapshot of the TCP wire's counters. Thread-safe.
+  WireStats wire_stats() const;
 
   struct Impl;
   Impl* impl() const { return impl_.get(); }

@@ -97,18 +97,30 @@ Packet* Nic::Impl::alloc_packet() {
   if (pool.empty()) return new Packet();
   Packet* p = &pool.front();
   pool.pop_front();
+  --pool_size;
   return p;
 }
 
+// Packets from TCP are allocated by the wire and end here, so the pool is
+// capped: beyond it (or with a large buffer) packets are freed, and memory
+// stays flat however many arrive.
 void Nic::Impl::free_packet(Packet* p) {
-  p->payload.clear();
+  p->release_credit();
+  if (pool_size >= kMaxPooledPackets) {
+    delete p;
+    return;
+  }
+  p->payload.trim(kMaxPooledPayload);
   pool.push_front(*p);
+  ++pool_size;
 }
 
 void Nic::Impl::transmit(SoftQp* qp, Packet* p) {
+  p->release_credit();  // a reply reuses its request: the inbound connection's credit ends here
   p->src_nic = uid;
   p->src_qpn = qp->number;
   p->dst_qpn = qp->peer_qpn;
+  p->key = qp->key;
   ++stats.packets_sent;
   Port* dst = qp->peer_port.get();
   if (!dst || !dst->alive.load(std::memory_order_acquire) ||
@@ -740,6 +752,25 @@ size_t Nic::Impl::process_inbox(size_t budget) {
       ++stats.packets_dropped;
       free_packet(p);
       continue;
+    }
+    // The numbers are guessable; the peer's key is not (see SoftQp::key).
+    if (p->key != qp->peer_key) {
+      ++stats.packets_dropped;
+      ++stats.packets_dropped_bad_key;
+      wire_note_drop(fabric, WireDrop::kBadKey, *p);
+      free_packet(p);
+      continue;
+    }
+    // Bound to the connection of the first authentic packet while it is open.
+    if (p->conn.get() != qp->bound_conn.get()) {
+      if (!qp->bound_conn || !qp->bound_conn->open.load(std::memory_order_acquire)) {
+        qp->bound_conn = p->conn;
+      } else {
+        ++stats.packets_dropped;
+        wire_note_drop(fabric, WireDrop::kWrongConnection, *p);
+        free_packet(p);
+        continue;
+      }
     }
     switch (p->type) {
       case PacketType::kWrite:

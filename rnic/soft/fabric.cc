@@ -1,4 +1,5 @@
 // rnic/soft: the in-process wire (Fabric) and NIC creation.
+#include <algorithm>
 #include <map>
 #include <random>
 #include <set>
@@ -58,13 +59,25 @@ Port::~Port() {
   while (!inbox.empty()) {
     Packet* p = &inbox.front();
     inbox.pop_front();
+    p->release_credit();
     delete p;
   }
 }
 
-Fabric::Fabric() : impl_(std::make_unique<Impl>()) {
+Fabric::Fabric() : Fabric(FabricOptions{}) {}
+
+Fabric::Fabric(FabricOptions o) : impl_(std::make_unique<Impl>()) {
   impl_->id = (uint64_t(std::random_device{}()) << 32) | std::random_device{}();
+  // Clamp to what the wire can honour (documented in FabricOptions).
+  o.max_message_bytes = std::clamp<uint32_t>(o.max_message_bytes, 1, 1u << 31);
+  o.max_inbound_connections = std::max<uint32_t>(o.max_inbound_connections, 1);
+  o.max_inflight_packets_per_connection = std::max<uint32_t>(o.max_inflight_packets_per_connection, 1);
+  o.max_inflight_bytes_per_connection = std::max<uint64_t>(o.max_inflight_bytes_per_connection, o.max_message_bytes);
+  o.max_send_queue_bytes = std::max<uint64_t>(o.max_send_queue_bytes, uint64_t(o.max_message_bytes) + 4096);
+  impl_->opts = o;
 }
+
+const FabricOptions& Fabric::options() const { return impl_->opts; }
 Fabric::~Fabric() { tcp_shutdown(impl_.get()); }
 
 Result<std::unique_ptr<Nic>> Fabric::create_nic(NicOptions options) {
@@ -93,7 +106,7 @@ Result<std::unique_ptr<Nic>> Fabric::create_nic(NicOptions options) {
   c.max_recv_wqes = 32768;
   c.max_cqe = 1u << 22;
   c.max_mr_size = 1ull << 40;
-  c.max_msg_size = 1u << 31;
+  c.max_msg_size = impl_->opts.max_message_bytes;  // what the wire accepts
   c.max_rd_atomic = options.max_outstanding;
   impl->qp_lookup.reset(new std::atomic<SoftQp*>[options.max_qp]());
   impl->port = std::make_shared<Port>();

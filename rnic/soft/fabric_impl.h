@@ -13,6 +13,8 @@
 
 namespace hyperloop::soft {
 
+struct TcpLoop;
+
 struct Fabric::Impl {
   std::mutex mu;
   std::unordered_map<uint64_t, std::weak_ptr<Port>> ports;
@@ -25,16 +27,26 @@ struct Fabric::Impl {
 
   uint64_t id = 0;  // random: tells this fabric's QP addresses from others'
 
-  // TCP (tcp.cc): the listening endpoint, the accept thread, one reader
-  // thread per inbound connection, outbound links by endpoint.
+  FabricOptions opts;
+
+  // TCP (tcp.cc): the listening endpoint, the event loop (started lazily),
+  // outbound links by endpoint.
   std::mutex tcp_mu;
   int listen_fd = -1;
   uint32_t listen_ipv4 = 0;  // network order
   uint16_t listen_port = 0;
-  std::thread acceptor;
-  std::vector<std::pair<int, std::thread>> readers;
+  std::shared_ptr<TcpLoop> loop;  // guarded by tcp_mu
   std::map<std::pair<uint32_t, uint16_t>, std::shared_ptr<TcpLink>> links;
   std::atomic<bool> stopping{false};
+
+  // WireStats, and the last refused packet (logged by the loop, rate-limited).
+  struct Counters {
+    std::atomic<uint64_t> connections_accepted{0}, connections_refused{0}, connections_open{0},
+        connections_closed{0}, frames_rejected{0}, bad_key{0}, wrong_connection{0}, queue_full{0},
+        dead_link{0}, links_opened{0}, links_open{0}, connect_failures{0}, links_cut{0},
+        backpressure_pauses{0};
+    std::atomic<uint64_t> last_drop_nic{0}, last_drop_qpn{0}, last_drop_conn{0};
+  } counters;
 };
 
 // Stops listening, closes every connection and joins the threads (tcp.cc).

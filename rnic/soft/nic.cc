@@ -183,6 +183,7 @@ Result<std::unique_ptr<rnic::QueuePair>> SoftPd::create_qp(const rnic::QpAttr& a
   qp->rq = mlx5::RecvRingView{qp->rq_buf.data(), a.recv_wqes, stride};
   qp->rq_wrid.assign(a.recv_wqes, rnic::kRawWrId);
   qp->out.resize(round_up_pow2(nic->opts.max_outstanding));
+  qp->key = random_key();
   auto l = nic->ctrl_lock();
   uint32_t slot = 0;
   while (slot < nic->qps.size() && nic->qps[slot]) ++slot;
@@ -210,6 +211,7 @@ rnic::QpAddress SoftQp::address() const {
   fabric_identity(nic->fabric, &a.fabric_id, &a.ipv4, &a.port);
   a.nic_uid = nic->uid;
   a.qpn = number;
+  a.key = key;
   return encode_address(a);
 }
 
@@ -230,6 +232,8 @@ Status SoftQp::connect(const rnic::QpAddress& remote) {
   if (state() != QpState::kInit) return failed_precondition("connect needs a QP in INIT");
   peer_nic = peer.nic_uid;
   peer_qpn = peer.qpn;
+  peer_key = peer.key;
+  bound_conn.reset();
   peer_port = std::move(port);
   expected_psn = 0;
   next_psn = 0;
@@ -274,6 +278,8 @@ Status SoftQp::reset() {
   block = Block::kNone;
   error_pending = false;
   peer_port.reset();
+  peer_key = 0;
+  bound_conn.reset();
   atomic_replies = {};
   st.store(QpState::kReset, std::memory_order_release);
   return Status::ok();

@@ -45,6 +45,16 @@ class Payload {
   size_t size() const { return size_; }
   bool empty() const { return size_ == 0; }
   void clear() { size_ = 0; }
+  size_t capacity() const { return cap_; }
+  // Frees the buffer if it is larger than `keep` (a pooled packet must not
+  // pin a huge buffer).
+  void trim(size_t keep) {
+    size_ = 0;
+    if (cap_ > keep) {
+      buf_.reset();
+      cap_ = 0;
+    }
+  }
   void resize(size_t n) {
     if (n > cap_) {
       buf_.reset(new std::byte[n]);
@@ -57,6 +67,22 @@ class Payload {
   std::unique_ptr<std::byte[]> buf_;
   size_t size_ = 0, cap_ = 0;
 };
+
+// One inbound TCP connection as NICs see it (tcp.cc owns the connection):
+// packets from it hold credit until the NIC frees them (the connection is
+// not read while too much is held), and QPs bind to it (see SoftQp).
+struct ConnToken {
+  uint64_t id = 0;                       // unique per fabric, for logs
+  std::atomic<bool> open{true};          // false once the connection closed
+  std::atomic<uint32_t> packets{0};      // held by NICs now
+  std::atomic<uint64_t> bytes{0};
+  std::atomic<bool> paused{false};       // the loop stopped reading it
+  uint32_t resume_packets = 0;           // low-water marks: wake the loop below these
+  uint64_t resume_bytes = 0;
+  int wake_fd = -1;                      // the loop's eventfd (outlives every token: see tcp.cc)
+};
+// Gives back a packet's credit (tcp.cc). Any thread, any lock.
+void conn_release(ConnToken& c, uint64_t bytes);
 
 struct Packet : bi::slist_base_hook<> {
   PacketType type = PacketType::kAck;
@@ -75,7 +101,18 @@ struct Packet : bi::slist_base_hook<> {
   uint64_t result = 0;       // atomic response
   uint32_t imm = 0;          // raw (network order)
   uint64_t deliver_at = 0;   // link delay: not before this time
+  uint64_t key = 0;          // the sending QP's key (SoftQp::key)
+  std::shared_ptr<ConnToken> conn;  // inbound TCP packets: where it came from
+  uint64_t credit_bytes = 0;        // what it holds of conn's credit
   Payload payload;
+  // Returns the packet's credit to its connection (at once when the NIC is
+  // done with it: freed, or turned into a reply).
+  void release_credit() {
+    if (!conn) return;
+    conn_release(*conn, credit_bytes);
+    credit_bytes = 0;
+    conn.reset();
+  }
 };
 using PacketList = bi::slist<Packet, bi::cache_last<true>, bi::constant_time_size<false>>;
 
@@ -93,9 +130,23 @@ struct Port {
   ~Port();
 };
 
-// Sends a packet to a NIC of another fabric (tcp.cc). False if the link is down.
+// Queues a packet to a NIC of another fabric (tcp.cc). Never blocks (called
+// with the NIC's mutex held). False if it was dropped: the link is dead or
+// its send queue is full.
 bool tcp_send(TcpLink& link, const Packet& p, uint64_t dst_uid);
 bool tcp_alive(const TcpLink& link);
+
+// An inbound packet a QP refused (counted in the fabric's WireStats, logged
+// rate-limited by the wire's loop). Any thread.
+enum class WireDrop : uint8_t { kBadKey, kWrongConnection };
+void wire_note_drop(Fabric::Impl* fabric, WireDrop why, const Packet& p);
+// A random non-zero 64-bit key from the kernel's CSPRNG (getrandom(2)).
+uint64_t random_key();
+
+// Pool bounds: a NIC keeps at most this many free packets, and none whose
+// payload buffer is larger than kMaxPooledPayload.
+inline constexpr size_t kMaxPooledPackets = 1024;
+inline constexpr size_t kMaxPooledPayload = 64 * 1024;
 
 inline constexpr uint32_t kPsnMask = 0xffffff;
 
@@ -105,6 +156,7 @@ struct PeerAddress {
   uint64_t fabric_id = 0;
   uint64_t nic_uid = 0;
   uint32_t qpn = 0;
+  uint64_t key = 0;    // that QP's key: its packets carry it
   uint32_t ipv4 = 0;   // network order; 0 if that fabric does not listen
   uint16_t port = 0;   // host order
 };
@@ -181,6 +233,14 @@ struct SoftQp final : rnic::QueuePair {
   uint32_t number = 0;
   std::atomic<rnic::QpState> st{rnic::QpState::kReset};
   uint32_t remote_access = 0;
+  // Authentication. key: random (getrandom), in this QP's address, carried
+  // by every packet it sends. peer_key: the connected peer's key; inbound
+  // packets without it are forged and dropped. bound_conn: the inbound TCP
+  // connection that delivered the first authentic packet; while it is open,
+  // packets arriving on any other connection are dropped.
+  uint64_t key = 0;
+  uint64_t peer_key = 0;
+  std::shared_ptr<ConnToken> bound_conn;
   // Peer (set by connect).
   uint64_t peer_nic = 0;
   uint32_t peer_qpn = 0;
@@ -314,6 +374,7 @@ struct Nic::Impl {
   std::vector<PersistentMemory*> dirty_pmems;  // written by this NIC since its last READ served
 
   PacketList pool;
+  size_t pool_size = 0;  // capped (kMaxPooledPackets): packets from TCP arrive new and end here
   mlx5::SendWqe scratch_wqe;  // decode target, reused (it holds 16 SGEs)
   NicStats stats;
   uint64_t now = 0;
