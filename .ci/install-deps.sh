@@ -20,6 +20,7 @@ PACKAGES=(
   libgmock-dev       # GoogleMock
   libbenchmark-dev   # Google Benchmark
   iproute2           # ip netns / veth for the network-namespace tests
+  libssl-dev         # OpenSSL libcrypto: HMAC-SHA256 tenant authentication, CSPRNG
 )
 
 missing=()

@@ -418,7 +418,7 @@ Result<std::unique_ptr<Group>> Group::connect(rnic::Device& client_device, std::
   impl->o = o;
   impl->n = uint32_t(replicas.size());
   for (const auto& endpoint : replicas) {
-    HL_ASSIGN_OR_RETURN(auto control, remote_control(endpoint));
+    HL_ASSIGN_OR_RETURN(auto control, remote_control(endpoint, o.tenant, o.secret, o.control_timeout_ns));
     impl->hosts.push_back(std::move(control));
   }
   HL_RETURN_IF_ERROR(impl->build());

@@ -73,6 +73,7 @@ struct Tenant {
   std::byte* region = nullptr;
   std::unique_ptr<rnic::MemoryRegion> region_mr;
   std::unique_ptr<Member> member;  // the active chain position, if any
+  std::string secret;              // what remote clients must prove (empty: none accepted)
 };
 
 // The host side of Group::create, implemented in replica_host.cc.

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "control.h"
+#include "hyperloop/log.h"
 
 namespace hyperloop::prim {
 
@@ -40,6 +41,7 @@ struct ReplicaHost::Impl {
   std::atomic<uint64_t> cpu_ns{0};
   std::atomic<uint64_t> rearmed{0};
   std::atomic<uint64_t> forwarded{0};
+  std::atomic<uint64_t> broken_total{0};
 
   void run_agent(ReplicaHost* host);
   size_t serve(Member& m);
@@ -482,7 +484,14 @@ size_t ReplicaHost::Impl::serve_cpu(Member& m) {
 
 size_t ReplicaHost::Impl::serve(Member& m) {
   if (!m.started || m.broken) return 0;
-  return m.opts.mode == ForwardMode::kOffload ? serve_offload(m) : serve_cpu(m);
+  const size_t work = m.opts.mode == ForwardMode::kOffload ? serve_offload(m) : serve_cpu(m);
+  if (m.broken) {
+    broken_total.fetch_add(1, std::memory_order_relaxed);
+    log(LogLevel::kWarn, "member", "member_broken",
+        {{"tenant", m.tenant->id}, {"pos", m.pos}, {"n", m.n}, {"mode", forward_mode_name(m.opts.mode)},
+         {"done_seq", m.done_seq}, {"reason", "a queue of the member failed (peer gone, link cut or error completion)"}});
+  }
+  return work;
 }
 
 size_t ReplicaHost::agent_poll() {
@@ -563,7 +572,8 @@ ReplicaHost::~ReplicaHost() {
 
 rnic::Device& ReplicaHost::device() { return *impl_->device; }
 
-Status ReplicaHost::register_tenant(uint32_t tenant, size_t region_size, const std::string& pmem_path) {
+Status ReplicaHost::register_tenant(uint32_t tenant, size_t region_size, const std::string& pmem_path,
+                                    std::string_view secret) {
   if (region_size == 0 || region_size % 8) return invalid_argument("region_size must be a positive multiple of 8");
   std::lock_guard<std::mutex> l(impl_->mu);
   if (impl_->tenants.count(tenant))
@@ -571,6 +581,7 @@ Status ReplicaHost::register_tenant(uint32_t tenant, size_t region_size, const s
   auto t = std::make_unique<Tenant>();
   t->id = tenant;
   t->region_size = region_size;
+  t->secret = std::string(secret);
   HL_ASSIGN_OR_RETURN(t->pd, impl_->device->alloc_pd());
   if (!pmem_path.empty()) {
     HL_ASSIGN_OR_RETURN(t->pmem, PersistentMemory::open(pmem_path, region_size));
@@ -584,10 +595,60 @@ Status ReplicaHost::register_tenant(uint32_t tenant, size_t region_size, const s
   return Status::ok();
 }
 
-Result<uint16_t> ReplicaHost::serve_control(const std::string& ipv4, uint16_t port) {
+Result<uint16_t> ReplicaHost::serve_control(const std::string& ipv4, uint16_t port, const ControlOptions& options) {
   if (impl_->control) return Status(StatusCode::kAlreadyExists, "this host already serves control requests");
-  HL_ASSIGN_OR_RETURN(impl_->control, ControlServer::start(*this, ipv4, port));
+  HL_ASSIGN_OR_RETURN(impl_->control, ControlServer::start(*this, ipv4, port, options));
   return impl_->control->port();
+}
+
+ControlStats ReplicaHost::control_stats() const { return impl_->control ? impl_->control->stats() : ControlStats{}; }
+
+std::string ReplicaHost::metrics_text() const {
+  const ControlStats c = control_stats();
+  size_t tenants = 0, members = 0, broken = 0;
+  {
+    std::lock_guard<std::mutex> l(impl_->mu);
+    tenants = impl_->tenants.size();
+    for (auto& [id, t] : impl_->tenants)
+      if (t->member) {
+        ++members;
+        broken += t->member->broken.load() ? 1 : 0;
+      }
+  }
+  std::string out;
+  auto metric = [&](const char* name, const char* type, const char* help, uint64_t v) {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " +
+           std::to_string(v) + "\n";
+  };
+  metric("hyperloop_tenants", "gauge", "Tenants registered on this host.", tenants);
+  metric("hyperloop_members", "gauge", "Chain members (one per tenant in use).", members);
+  metric("hyperloop_members_broken", "gauge", "Members whose chain broke (awaiting DROP).", broken);
+  metric("hyperloop_members_broken_total", "counter", "Members that broke.", impl_->broken_total.load());
+  metric("hyperloop_slots_rearmed_total", "counter", "Offload slots re-armed by the agent.", impl_->rearmed.load());
+  metric("hyperloop_ops_forwarded_total", "counter", "Messages forwarded by the CPU agent.", impl_->forwarded.load());
+  metric("hyperloop_control_connections_accepted_total", "counter", "Control connections accepted.", c.connections_accepted);
+  metric("hyperloop_control_connections_refused_total", "counter", "Control connections refused at a limit.", c.connections_refused);
+  metric("hyperloop_control_connections_open", "gauge", "Control connections open.", c.connections_open);
+  metric("hyperloop_control_auth_ok_total", "counter", "Successful authentications.", c.auth_ok);
+  metric("hyperloop_control_auth_failed_total", "counter", "Failed authentications.", c.auth_failed);
+  metric("hyperloop_control_auth_timeouts_total", "counter", "Connections closed for not authenticating in time.", c.auth_timeouts);
+  metric("hyperloop_control_client_timeouts_total", "counter", "Silent clients whose members were dropped.", c.client_timeouts);
+  metric("hyperloop_control_frames_rejected_total", "counter", "Malformed control frames.", c.frames_rejected);
+  metric("hyperloop_control_requests_refused_total", "counter", "Requests answered with an error.", c.requests_refused);
+  metric("hyperloop_control_members_created_total", "counter", "Members created over control.", c.members_created);
+  metric("hyperloop_control_members_dropped_total", "counter", "Members dropped (DROP, close, timeout).", c.members_dropped);
+  return out;
+}
+
+Result<std::string> internal::tenant_secret(ReplicaHost& host, uint32_t tenant) {
+  auto* h = host.impl();
+  std::lock_guard<std::mutex> l(h->mu);
+  auto it = h->tenants.find(tenant);
+  if (it == h->tenants.end())
+    return not_found("tenant " + std::to_string(tenant) + " is not registered on this replica host");
+  if (it->second->secret.empty())
+    return permission_denied("tenant " + std::to_string(tenant) + " has no secret configured: no remote client may use it");
+  return it->second->secret;
 }
 
 void ReplicaHost::power_fail() {

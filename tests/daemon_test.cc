@@ -334,7 +334,7 @@ class DaemonFixture : public ::testing::Test {
       DaemonSpec spec;
       spec.address = address;
       for (auto [id, bytes] : tenants)
-        spec.tenants.push_back({id, bytes, dir_.file("r" + std::to_string(i) + "-t" + std::to_string(id) + ".pmem")});
+        spec.tenants.push_back({id, bytes, dir_.file("r" + std::to_string(i) + "-t" + std::to_string(id) + ".pmem"), {}});
       Daemon& d = add_daemon(spec);
       watchdog_.phase("starting daemon " + d.name());
       if (i >= fixed_ports.size() || !fixed_ports[i]) {
@@ -548,7 +548,10 @@ class DaemonErrorsTest : public DaemonFixture {
     return run_daemon_to_exit(dir_.path(), path);
   }
   std::string tenant_line(uint32_t id = 1) {
-    return "tenant " + std::to_string(id) + " 65536 " + dir_.file("t" + std::to_string(id) + ".pmem") + "\n";
+    return "tenant " + std::to_string(id) + " 65536 " + dir_.file("t" + std::to_string(id) + ".pmem") + sec(id) + "\n";
+  }
+  // The secret field of a tenant line (with its leading space).
+  static std::string sec(uint32_t id = 1) { return " secret=" + to_hex(tenant_secret(id));
   }
 };
 
@@ -574,11 +577,11 @@ TEST_F(DaemonErrorsTest, BadConfigExitsWithStatus2NamingFileAndLine) {
   // Tenant lines missing fields, or with junk.
   EXPECT_DAEMON_FAILS(run_config("bad.cfg", "address 127.0.0.1\ntenant 1 4096\n"), 2, f + ":2:", "tenant needs");
   EXPECT_DAEMON_FAILS(run_config("bad.cfg", "tenant 1\n"), 2, f + ":1:", "tenant needs");
-  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "tenant one 4096 /x.pmem\n"), 2, f + ":1:", "tenant id 'one' is not a number");
-  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "tenant 1 0 /x.pmem\n"), 2, f + ":1:", "positive multiple of 8");
-  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "tenant 1 -8 /x.pmem\n"), 2, f + ":1:", "positive multiple of 8");
-  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "tenant 1 64 /x.pmem\ntenant 1 64 /y.pmem\n"), 2, f + ":2:", "listed twice");
-  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "tenant 1 64 /x.pmem\ntenant 2 64 /x.pmem\n"), 2, f + ":2:", "share the file");
+  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "tenant one 4096 /x.pmem" + sec() + "\n"), 2, f + ":1:", "tenant id 'one' is not a number");
+  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "tenant 1 0 /x.pmem" + sec() + "\n"), 2, f + ":1:", "positive multiple of 8");
+  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "tenant 1 -8 /x.pmem" + sec() + "\n"), 2, f + ":1:", "positive multiple of 8");
+  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "tenant 1 64 /x.pmem" + sec() + "\ntenant 1 64 /y.pmem" + sec() + "\n"), 2, f + ":2:", "listed twice");
+  EXPECT_DAEMON_FAILS(run_config("bad.cfg", "tenant 1 64 /x.pmem" + sec() + "\ntenant 2 64 /x.pmem" + sec(2) + "\n"), 2, f + ":2:", "share the file");
   EXPECT_DAEMON_FAILS(run_config("bad.cfg", tenant_line() + "address 127.0.0.1 extra\n"), 2,
                       f + ":2:", "unexpected 'extra'");
   // No tenants at all.
@@ -601,7 +604,7 @@ TEST_F(DaemonErrorsTest, MissingConfigFileAndUsage) {
 
 TEST_F(DaemonErrorsTest, PmemFileInAMissingDirectoryExitsWithStatus1NamingThePath) {
   const std::string path = dir_.file("no-such-dir/t1.pmem");
-  EXPECT_DAEMON_FAILS(run_config("pmem.cfg", "tenant 1 65536 " + path + "\n"), 1, path, "tenant 1");
+  EXPECT_DAEMON_FAILS(run_config("pmem.cfg", "tenant 1 65536 " + path + sec() + "\n"), 1, path, "tenant 1");
   EXPECT_FALSE(std::filesystem::exists(dir_.file("no-such-dir")));
 }
 
@@ -646,11 +649,11 @@ TEST_F(DaemonErrorsTest, DataPortInUseExitsWithStatus1) {
 TEST_F(DaemonErrorsTest, ControlPortOfARunningDaemonIsInUse) {
   // The usual way to get a port in use: a second daemon on the first one's port.
   DaemonSpec spec;
-  spec.tenants.push_back({1, 65536, dir_.file("a.pmem")});
+  spec.tenants.push_back({1, 65536, dir_.file("a.pmem"), {}});
   Daemon& first = add_daemon(spec);
   ASSERT_TRUE(first.start());
   EXPECT_DAEMON_FAILS(run_config("second.cfg", "control_port " + std::to_string(first.control_port()) + "\n" +
-                                                   "tenant 1 65536 " + dir_.file("b.pmem") + "\n"),
+                                                   "tenant 1 65536 " + dir_.file("b.pmem") + sec() + "\n"),
                       1, "in use", std::to_string(first.control_port()));
   EXPECT_TRUE(first.running()) << "the first daemon died: " << first.describe_exit();
 }
@@ -664,7 +667,7 @@ TEST_F(DaemonErrorsTest, AddressNotOnThisMachineExitsWithStatus1) {
 TEST_F(DaemonErrorsTest, SigtermEndsAnIdleDaemonWithStatus0AndSigintToo) {
   for (int sig : {SIGTERM, SIGINT}) {
     DaemonSpec spec;
-    spec.tenants.push_back({1, 65536, dir_.file("s" + std::to_string(sig) + ".pmem")});
+    spec.tenants.push_back({1, 65536, dir_.file("s" + std::to_string(sig) + ".pmem"), {}});
     Daemon& d = add_daemon(spec);
     ASSERT_TRUE(d.start());
     ASSERT_TRUE(d.stop(sig));
@@ -679,7 +682,7 @@ TEST_F(DaemonErrorsTest, SigtermEndsAnIdleDaemonWithStatus0AndSigintToo) {
 // stop signals before starting threads and sigwait()s for them.
 TEST_F(DaemonErrorsTest, SigtermRightAfterTheReadyLineIsNeverLost) {
   DaemonSpec spec;
-  spec.tenants.push_back({1, 65536, dir_.file("race.pmem")});
+  spec.tenants.push_back({1, 65536, dir_.file("race.pmem"), {}});
   for (int i = 0; i < 200; ++i) {
     Daemon d("race" + std::to_string(i), dir_.path(), spec);
     ASSERT_TRUE(d.start());
@@ -887,7 +890,7 @@ class NetnsTest : public DaemonFixture {
     for (int i = 0; i < kDaemons; ++i) {
       DaemonSpec spec;
       spec.address = daemon_address(i);
-      spec.tenants.push_back({1, region, dir_.file("ns" + std::to_string(i) + ".pmem")});
+      spec.tenants.push_back({1, region, dir_.file("ns" + std::to_string(i) + ".pmem"), {}});
       Daemon& d = add_daemon(spec, {ip_, "netns", "exec", namespaces_[size_t(i)]});
       watchdog_.phase("starting daemon " + d.name() + " in " + namespaces_[size_t(i)]);
       ASSERT_TRUE(d.start());

@@ -354,10 +354,23 @@ inline std::string join(const std::vector<std::string>& v) {
 }
 
 // ---- hyperloop-replica ----------------------------------------------------------------------
+// The secret daemon_test gives tenant `id` (raw bytes; the config holds hex).
+inline std::string tenant_secret(uint32_t id) { return "daemon_test tenant " + std::to_string(id) + " secret"; }
+inline std::string to_hex(std::string_view bytes) {
+  static const char* d = "0123456789abcdef";
+  std::string h;
+  for (unsigned char c : bytes) {
+    h += d[c >> 4];
+    h += d[c & 15];
+  }
+  return h;
+}
+
 struct TenantSpec {
   uint32_t id;
   size_t bytes;
   std::string path;
+  std::string secret_spec;  // the config's secret=... / secret_file=...; empty: secret=hex(tenant_secret(id))
 };
 
 struct DaemonSpec {
@@ -365,6 +378,7 @@ struct DaemonSpec {
   uint16_t control_port = 0;
   uint16_t data_port = 0;
   std::vector<TenantSpec> tenants;
+  std::vector<std::string> extra_lines;  // more directives (limits), written before the tenants
 };
 
 inline std::string config_text(const DaemonSpec& d) {
@@ -373,7 +387,10 @@ inline std::string config_text(const DaemonSpec& d) {
      << "address " << d.address << "\n"
      << "data_port " << d.data_port << "   # 0: any free port\n"
      << "control_port " << d.control_port << "\n";
-  for (const auto& t : d.tenants) os << "tenant " << t.id << " " << t.bytes << " " << t.path << "\n";
+  for (const auto& l : d.extra_lines) os << l << "\n";
+  for (const auto& t : d.tenants)
+    os << "tenant " << t.id << " " << t.bytes << " " << t.path << " "
+       << (t.secret_spec.empty() ? "secret=" + to_hex(tenant_secret(t.id)) : t.secret_spec) << "\n";
   return os.str();
 }
 
@@ -543,6 +560,7 @@ inline prim::GroupOptions group_options(uint32_t tenant, size_t region, prim::Fo
   o.rearm_batch = 16;
   o.staging_bytes = 1 << 20;
   o.op_timeout_ns = kOpTimeoutNs;
+  o.secret = tenant_secret(tenant);
   return o;
 }
 

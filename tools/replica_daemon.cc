@@ -4,29 +4,45 @@
 // TCP, serves the chain (the NIC forwards by itself in offload mode), re-arms
 // in the background, and answers clients' set-up requests (Group::connect).
 //
-//   hyperloop-replica CONFIG
+//   hyperloop-replica CONFIG          serve
+//   hyperloop-replica --stats IP:PORT print a running daemon's metrics
+//                                     (Prometheus text format) and exit
 //
 // CONFIG, one directive per line ('#' starts a comment):
 //   address 127.0.0.1            IPv4 address for the data wire and control
 //   data_port 0                  the soft fabric's TCP port (0: any free)
 //   control_port 7400            where clients connect (0: any free)
-//   tenant 1 1048576 /path/t1.pmem   tenant id, region bytes, its file
+//   tenant 1 1048576 /path/t1.pmem secret=HEX
+//   tenant 2 1048576 /path/t2.pmem secret_file=/etc/hyperloop/t2.secret
+//                                tenant id, region bytes, its file, and the
+//                                secret its clients must prove (at least 16
+//                                bytes as hex; a secret file holds the hex and
+//                                must not be readable by group or others)
+// Limits (defaults in docs/daemon.md):
+//   max_connections N  max_unauthenticated N  auth_timeout_ms N
+//   client_timeout_ms N  max_slots N  max_region_bytes N  log_level debug|info|warn|error
 //
 // On start it prints "ready control=<port> data=<port>" on stdout (tests wait
-// for that line), then serves until SIGTERM/SIGINT. Files are created when
-// missing and found again after a restart: what was made durable is there.
+// for that line), then serves until SIGTERM/SIGINT; it logs to stderr in
+// logfmt. Files are created when missing and found again after a restart:
+// what was made durable is there.
 // Exit status: 0 after a signal, 2 for a bad config, 1 for any other error.
 #include <pthread.h>
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <cstdint>
 #include <cstdio>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "control.h"
+#include "hyperloop/log.h"
 #include "hyperloop/primitives.h"
 #include "hyperloop/soft_rnic.h"
 
@@ -38,13 +54,63 @@ struct TenantConfig {
   uint32_t id;
   size_t size;
   std::string path;
+  std::string secret;  // raw bytes
 };
 struct Config {
   std::string address = "127.0.0.1";
   uint16_t data_port = 0;
   uint16_t control_port = 0;
   std::vector<TenantConfig> tenants;
+  prim::ControlOptions control;
+  uint64_t max_region_bytes = 64ull << 30;
+  LogLevel log_level = LogLevel::kInfo;
 };
+
+constexpr size_t kMinSecretBytes = 16;
+
+// Hex text to bytes; false if it is not an even number of hex digits.
+bool parse_hex(std::string_view hex, std::string* out) {
+  if (hex.empty() || hex.size() % 2) return false;
+  out->clear();
+  auto nib = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  for (size_t i = 0; i < hex.size(); i += 2) {
+    const int hi = nib(hex[i]), lo = nib(hex[i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    out->push_back(char(hi << 4 | lo));
+  }
+  return true;
+}
+
+// secret=HEX or secret_file=PATH (the file holds hex; mode must deny group/other).
+Status parse_secret(const std::string& spec, const std::string& where, const std::string& id, std::string* out) {
+  std::string hex;
+  if (spec.rfind("secret=", 0) == 0) {
+    hex = spec.substr(7);
+  } else if (spec.rfind("secret_file=", 0) == 0) {
+    const std::string path = spec.substr(12);
+    struct stat st{};
+    if (::stat(path.c_str(), &st) != 0)
+      return invalid_argument(where + "tenant " + id + ": cannot read secret file " + path + ": " + std::strerror(errno));
+    if (!S_ISREG(st.st_mode)) return invalid_argument(where + "tenant " + id + ": secret file " + path + " is not a regular file");
+    if (st.st_mode & 077)
+      return invalid_argument(where + "tenant " + id + ": secret file " + path +
+                              " is readable or writable by group or others (chmod 600 it)");
+    std::ifstream f(path);
+    if (!(f >> hex)) return invalid_argument(where + "tenant " + id + ": secret file " + path + " is empty");
+  } else {
+    return invalid_argument(where + "tenant " + id + ": expected secret=HEX or secret_file=PATH, not '" + spec + "'");
+  }
+  if (!parse_hex(hex, out)) return invalid_argument(where + "tenant " + id + ": the secret is not hex");
+  if (out->size() < kMinSecretBytes)
+    return invalid_argument(where + "tenant " + id + ": the secret has " + std::to_string(out->size()) +
+                            " bytes; at least " + std::to_string(kMinSecretBytes) + " are required");
+  return Status::ok();
+}
 
 Result<Config> parse_config(const std::string& file) {
   std::ifstream in(file);
@@ -63,7 +129,47 @@ Result<Config> parse_config(const std::string& file) {
       *out = uint16_t(v);
       return Status::ok();
     };
-    if (key == "address") {
+    auto number = [&](uint64_t lo, uint64_t hi, uint64_t* out) -> Status {
+      std::string v;
+      char* end = nullptr;
+      if (!(ls >> v) || v[0] == '-') return invalid_argument(where + key + " needs a number");
+      errno = 0;
+      const unsigned long long x = std::strtoull(v.c_str(), &end, 10);
+      if (*end || errno || x < lo || x > hi)
+        return invalid_argument(where + key + " must be a number in [" + std::to_string(lo) + ", " +
+                                std::to_string(hi) + "], not '" + v + "'");
+      *out = x;
+      return Status::ok();
+    };
+    uint64_t x = 0;
+    if (key == "max_connections") {
+      HL_RETURN_IF_ERROR(number(1, 65536, &x));
+      c.control.max_connections = uint32_t(x);
+    } else if (key == "max_unauthenticated") {
+      HL_RETURN_IF_ERROR(number(1, 65536, &x));
+      c.control.max_unauthenticated = uint32_t(x);
+    } else if (key == "auth_timeout_ms") {
+      HL_RETURN_IF_ERROR(number(10, 600'000, &x));
+      c.control.auth_timeout_ns = x * 1'000'000;
+    } else if (key == "client_timeout_ms") {
+      HL_RETURN_IF_ERROR(number(10, 600'000, &x));
+      c.control.client_timeout_ns = x * 1'000'000;
+    } else if (key == "max_slots") {
+      HL_RETURN_IF_ERROR(number(2, 1 << 16, &x));
+      if (x & (x - 1)) return invalid_argument(where + "max_slots must be a power of two");
+      c.control.max_slots = uint32_t(x);
+    } else if (key == "max_region_bytes") {
+      HL_RETURN_IF_ERROR(number(8, 1ull << 50, &x));
+      c.max_region_bytes = x;
+    } else if (key == "log_level") {
+      std::string v;
+      ls >> v;
+      if (v == "debug") c.log_level = LogLevel::kDebug;
+      else if (v == "info") c.log_level = LogLevel::kInfo;
+      else if (v == "warn") c.log_level = LogLevel::kWarn;
+      else if (v == "error") c.log_level = LogLevel::kError;
+      else return invalid_argument(where + "log_level must be debug, info, warn or error");
+    } else if (key == "address") {
       if (!(ls >> c.address)) return invalid_argument(where + "address needs an IPv4 address");
     } else if (key == "data_port") {
       HL_RETURN_IF_ERROR(port(&c.data_port));
@@ -72,7 +178,9 @@ Result<Config> parse_config(const std::string& file) {
     } else if (key == "tenant") {
       TenantConfig t;
       std::string id, size;
-      if (!(ls >> id >> size >> t.path)) return invalid_argument(where + "tenant needs: id bytes path");
+      std::string secret_spec;
+      if (!(ls >> id >> size >> t.path >> secret_spec))
+        return invalid_argument(where + "tenant needs: id bytes path secret=HEX|secret_file=PATH");
       char* end = nullptr;
       const unsigned long long v = std::strtoull(id.c_str(), &end, 10);
       if (id.empty() || id[0] == '-' || *end || v > UINT32_MAX)
@@ -82,6 +190,10 @@ Result<Config> parse_config(const std::string& file) {
       if (size.empty() || size[0] == '-' || *end || t.size == 0 || t.size % 8)
         return invalid_argument(where + "tenant " + id + ": region size '" + size +
                                 "' must be a positive multiple of 8 bytes");
+      if (t.size > c.max_region_bytes)
+        return invalid_argument(where + "tenant " + id + ": region of " + size + " bytes is over max_region_bytes " +
+                                std::to_string(c.max_region_bytes) + " (set max_region_bytes before the tenant lines)");
+      HL_RETURN_IF_ERROR(parse_secret(secret_spec, where, id, &t.secret));
       for (const auto& o : c.tenants) {
         if (o.id == t.id) return invalid_argument(where + "tenant " + id + " is listed twice");
         if (o.path == t.path) return invalid_argument(where + "tenants " + std::to_string(o.id) + " and " + id +
@@ -106,8 +218,14 @@ int fail(const char* what, const Status& s, int code = 1) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 3 && std::string(argv[1]) == "--stats") {
+    auto text = prim::internal::remote_stats(argv[2], 5'000'000'000ull);
+    if (!text) return fail("stats", text.status());
+    std::fwrite(text->data(), 1, text->size(), stdout);
+    return 0;
+  }
   if (argc != 2) {
-    std::fprintf(stderr, "usage: hyperloop-replica CONFIG\n");
+    std::fprintf(stderr, "usage: hyperloop-replica CONFIG | hyperloop-replica --stats IP:PORT\n");
     return 2;
   }
   // SIGTERM/SIGINT are taken with sigwait below; block them before any thread
@@ -119,6 +237,7 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   auto config = parse_config(argv[1]);
   if (!config) return fail("config", config.status(), 2);
+  set_log_sink(stderr_log_sink(), config->log_level);
   soft::Fabric fabric;
   auto data_port = fabric.listen(config->address, config->data_port);
   if (!data_port) return fail("data wire", data_port.status());
@@ -129,13 +248,18 @@ int main(int argc, char** argv) {
   auto host = prim::ReplicaHost::create(**nic);
   if (!host) return fail("replica host", host.status());
   for (const auto& t : config->tenants)
-    if (auto s = (*host)->register_tenant(t.id, t.size, t.path); !s)
+    if (auto s = (*host)->register_tenant(t.id, t.size, t.path, t.secret); !s)
       return fail(("tenant " + std::to_string(t.id) + " (" + t.path + ")").c_str(), s);
-  auto control_port = (*host)->serve_control(config->address, config->control_port);
+  auto control_port = (*host)->serve_control(config->address, config->control_port, config->control);
   if (!control_port) return fail("control", control_port.status());
+  log(LogLevel::kInfo, "daemon", "ready",
+      {{"address", config->address}, {"control_port", *control_port}, {"data_port", *data_port},
+       {"tenants", config->tenants.size()}, {"max_connections", config->control.max_connections},
+       {"client_timeout_ms", config->control.client_timeout_ns / 1'000'000}});
   std::printf("ready control=%u data=%u\n", unsigned(*control_port), unsigned(*data_port));
   std::fflush(stdout);
   int sig = 0;
   sigwait(&stop_signals, &sig);  // a signal sent at any time after the block is taken here
+  log(LogLevel::kInfo, "daemon", "stopping", {{"signal", sig}});
   return 0;
 }

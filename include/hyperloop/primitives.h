@@ -46,6 +46,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <boost/intrusive/list_hook.hpp>
@@ -69,6 +70,12 @@ struct GroupOptions {
   uint32_t rearm_batch = 32;       // slots the agent re-arms at a time
   size_t staging_bytes = 4 << 20;  // client buffer for gWRITE payloads in flight
   uint64_t op_timeout_ns = 500'000'000;  // a pending operation fails after this
+  // Group::connect only: the tenant's secret as configured on every daemon
+  // (the client proves it by HMAC-SHA256 challenge-response, and checks that
+  // each daemon knows it too), and the bound on every control step (TCP
+  // connect, each request and its answer). Not used by Group::create.
+  std::string secret;
+  uint64_t control_timeout_ns = 5'000'000'000;
   // Deterministic simulation: the time source for timeouts, and a hook called
   // on every turn of the client's waiting loops (step a ManualExecutor and the
   // replicas' agent_poll() there). Empty: real time, no hook.
@@ -116,10 +123,45 @@ class Op : public boost::intrusive::list_base_hook<> {
   uint64_t old_[kMaxReplicas] = {};
 };
 
+// Limits of a replica host's control service (serve_control). Everything a
+// peer can make the host hold is bounded by one of these.
+struct ControlOptions {
+  uint32_t max_connections = 256;      // open control connections; more are closed at accept
+  uint32_t max_unauthenticated = 32;   // of those, not yet authenticated
+  uint64_t auth_timeout_ns = 2'000'000'000;  // to send HELLO and AUTH after connecting
+  // An authenticated client that sends nothing (no request, no heartbeat) for
+  // this long is taken for dead: its connection is closed and its member
+  // dropped. Clients send heartbeats at a quarter of it.
+  uint64_t client_timeout_ns = 1'500'000'000;
+  uint32_t max_slots = 4096;           // per member (CREATE)
+  uint64_t max_staging_bytes = 1ull << 30;
+  uint32_t max_output_bytes = 64 << 10;  // answers a client has not read yet; more: it is cut
+  // Appended to the STATS answer (Prometheus text), e.g. the daemon's wire counters.
+  std::function<std::string()> extra_metrics;
+};
+
+// Counters of a host's control service, for metrics.
+struct ControlStats {
+  uint64_t connections_accepted = 0;
+  uint64_t connections_refused = 0;   // over a limit at accept (or out of file descriptors)
+  uint64_t connections_open = 0;
+  uint64_t auth_ok = 0;
+  uint64_t auth_failed = 0;           // wrong proof, unknown tenant, tenant without a secret
+  uint64_t auth_timeouts = 0;
+  uint64_t client_timeouts = 0;       // authenticated clients gone silent
+  uint64_t frames_rejected = 0;       // bad magic, version, type, length, body
+  uint64_t requests_refused = 0;      // requests answered with an error
+  uint64_t pings = 0;                 // heartbeats received
+  uint64_t members_created = 0;
+  uint64_t members_dropped = 0;
+};
+
 class ReplicaHost;
 
 class Group {
  public:
+  // Lifetime: a Group must be destroyed before the replica hosts (create) and
+  // the client device it was built on.
   // Builds the chain client -> replicas[0] -> ... -> replicas[n-1] -> client
   // for options.tenant (1 <= n <= 7): on each replica a member is created in
   // the tenant's protection domain, QPs are connected, every slot armed.
@@ -134,7 +176,14 @@ class Group {
   // replica is a hyperloop-replica daemon's control endpoint "ipv4:port"
   // (examples/replica_daemon.cc). client_device must be a soft NIC whose
   // fabric listens (soft::Fabric::listen) so the chain's QPs reach it.
-  // Errors: as create, plus kUnavailable (a daemon cannot be reached).
+  // options.secret authenticates the client for options.tenant on each daemon;
+  // each step of the set-up is bounded by options.control_timeout_ns. While the
+  // Group lives its control connections send heartbeats; when it is destroyed
+  // (or its process dies) each daemon drops its member.
+  // Errors: as create, plus kUnavailable (a daemon cannot be reached or closed
+  // the connection), kDeadlineExceeded (a daemon did not answer in time),
+  // kPermissionDenied (wrong secret, or the daemon failed to prove it knows it),
+  // kNotFound (the daemon does not host the tenant).
   static Result<std::unique_ptr<Group>> connect(rnic::Device& client_device, std::span<const std::string> replicas,
                                                 const GroupOptions& options);
   ~Group();
@@ -191,15 +240,25 @@ class ReplicaHost {
   // size, on every replica of its chain. With pmem_path the region is a
   // PersistentMemory over that file (created zero-filled if missing, found
   // again after a restart; durability as in hyperloop/pmem.h); without it,
-  // zeroed DRAM. Errors: kAlreadyExists, kInvalidArgument, PersistentMemory's
-  // errors, device errors.
-  Status register_tenant(uint32_t tenant, size_t region_size, const std::string& pmem_path = {});
+  // zeroed DRAM. secret: what remote clients of this tenant must prove they
+  // know (Group::connect); a tenant without one accepts no remote client.
+  // Errors: kAlreadyExists, kInvalidArgument, PersistentMemory's errors,
+  // device errors.
+  Status register_tenant(uint32_t tenant, size_t region_size, const std::string& pmem_path = {},
+                         std::string_view secret = {});
 
   // Serves the control protocol on ipv4:port (0: any free port) so clients in
   // other processes can build chains over this host with Group::connect; the
   // device must be a soft NIC on a fabric that listens. Returns the port.
-  // Errors: kInvalidArgument, kUnavailable (port in use ...), kAlreadyExists.
-  Result<uint16_t> serve_control(const std::string& ipv4, uint16_t port = 0);
+  // One thread serves every connection (epoll); limits and timeouts are in
+  // options. Errors: kInvalidArgument, kUnavailable (port in use ...),
+  // kAlreadyExists.
+  Result<uint16_t> serve_control(const std::string& ipv4, uint16_t port = 0, const ControlOptions& options = {});
+  // Counters of the control service (all zero if it is not served).
+  ControlStats control_stats() const;
+  // The control service's counters and the host's in Prometheus text format
+  // (what a STATS request answers).
+  std::string metrics_text() const;
 
   // Fault: this host loses power. Every persistent region drops what was not
   // made durable (pair it with soft::Nic::crash() of the host's NIC).
