@@ -6,7 +6,8 @@
 #include <random>
 
 #if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/allocator_interface.h>
+// From the ASan runtime (GCC ships no header for it).
+extern "C" size_t __sanitizer_get_current_allocated_bytes();
 #define HL_WIRE_ASAN 1
 #endif
 
@@ -343,7 +344,7 @@ TEST(WireMemory, RssIsFlatOverManyOperations) {
         rn::SendWr wr;
         wr.wr_id = done + i;
         wr.opcode = rn::WrOpcode::kRdmaWrite;
-        wr.flags = i == kBatch - 1 ? rn::kSendSignaled : 0;
+        wr.flags = i == kBatch - 1 ? uint32_t(rn::kSendSignaled) : 0u;
         wr.sg = std::span<const rn::Sge>(&s, 1);
         wr.remote_addr = b.mr->remote_addr(64 * (i % 64));
         wr.rkey = b.mr->rkey();

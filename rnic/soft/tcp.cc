@@ -243,7 +243,6 @@ struct TcpLoop {
   std::unordered_map<uint64_t, std::shared_ptr<TcpLink>> links;
   std::unordered_map<uint64_t, std::unique_ptr<Conn>> conns;
   uint64_t next_conn = 1;
-  bool listening = false;
   std::vector<std::byte> rbuf = std::vector<std::byte>(kReadBuffer);
   uint64_t logged_drops = 0, last_drop_log = 0, next_tick = 0;
 
@@ -258,7 +257,7 @@ struct TcpLoop {
   void on_link(TcpLink& l, uint32_t events, uint64_t now);
   void cut(const std::shared_ptr<TcpLink>& l, std::string_view event, std::string reason, bool connect_failed,
            bool peer_closed = false);
-  void accept_all(uint64_t now);
+  void accept_all(int listen_fd, uint64_t now);
   void on_conn(Conn& c, uint32_t events);
   bool parse(Conn& c, const std::byte* b, size_t n, std::string* why);
   void deliver(Conn& c);
@@ -363,11 +362,11 @@ void TcpLoop::on_link(TcpLink& l, uint32_t events, uint64_t now) {
   if (!failure.empty()) cut(keep, connect_failed ? "connect_failed" : "link_cut", failure, connect_failed, peer_closed);
 }
 
-void TcpLoop::accept_all(uint64_t now) {
+void TcpLoop::accept_all(int listen_fd, uint64_t now) {
   for (;;) {
     sockaddr_in sa{};
     socklen_t len = sizeof sa;
-    const int fd = accept4(f->listen_fd, reinterpret_cast<sockaddr*>(&sa), &len, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    const int fd = accept4(listen_fd, reinterpret_cast<sockaddr*>(&sa), &len, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       if (errno == EMFILE || errno == ENFILE)
@@ -583,7 +582,7 @@ void TcpLoop::run() {
         [[maybe_unused]] ssize_t r = ::read(wake->fd, &v, sizeof v);
         woken = true;
       } else if (tag == kTagListen) {
-        accept_all(now);
+        accept_all(int(id), now);
       } else if (tag == kTagLink) {
         auto it = links.find(id);
         if (it != links.end()) on_link(*it->second, e, now);
@@ -774,7 +773,7 @@ Result<uint16_t> Fabric::listen(const std::string& ipv4, uint16_t port) {
   getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
   epoll_event ev{};
   ev.events = EPOLLIN;
-  ev.data.u64 = tagged(kTagListen, 0);
+  ev.data.u64 = tagged(kTagListen, uint64_t(fd));  // the loop reads the fd from here, not from f
   if (epoll_ctl(f->loop->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
     const std::string why = std::strerror(errno);
     close(fd);
