@@ -7,6 +7,7 @@
 // inbound requests in PSN order and answers each. Errors follow the mlx5
 // model: error CQE with a syndrome, QP to ERROR, everything after flushed.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <thread>
 
@@ -35,6 +36,40 @@ uint8_t nak_syndrome(NakCode c) {
     case NakCode::kRemoteOp: return kSyndromeRemoteOp;
   }
   return kSyndromeRemoteOp;
+}
+
+// ---- DMA ---------------------------------------------------------------------------
+// The NIC's accesses to host memory (gather for SEND/WRITE, serving READs,
+// applying inbound WRITEs/SENDs, scattering READ/atomic responses) are
+// relaxed atomic accesses per aligned 8-byte word (single bytes at unaligned
+// ends), never a plain memcpy. That is the device model: a real NIC's DMA is
+// single-copy atomic per aligned word and unordered with respect to the CPU,
+// and some memory is shared with it by design while CPUs run, e.g. a replica
+// agent publishes its armed counter with an atomic store while a client's
+// READ fetches it. Ordering still comes only from doorbells and CQEs; a CPU
+// that touches DMA'd memory concurrently must itself use atomic accesses
+// (plain ones are still data races, and ThreadSanitizer still reports them).
+void dma_from_host(std::byte* dst, uint64_t src, size_t n) {
+  for (; n && (src & 7); --n, ++src, ++dst)
+    *dst = std::atomic_ref<std::byte>(*reinterpret_cast<std::byte*>(src)).load(std::memory_order_relaxed);
+  for (; n >= 8; n -= 8, src += 8, dst += 8) {
+    const uint64_t w = std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(src)).load(std::memory_order_relaxed);
+    std::memcpy(dst, &w, 8);
+  }
+  for (; n; --n, ++src, ++dst)
+    *dst = std::atomic_ref<std::byte>(*reinterpret_cast<std::byte*>(src)).load(std::memory_order_relaxed);
+}
+
+void dma_to_host(uint64_t dst, const std::byte* src, size_t n) {
+  for (; n && (dst & 7); --n, ++src, ++dst)
+    std::atomic_ref<std::byte>(*reinterpret_cast<std::byte*>(dst)).store(*src, std::memory_order_relaxed);
+  for (; n >= 8; n -= 8, src += 8, dst += 8) {
+    uint64_t w;
+    std::memcpy(&w, src, 8);
+    std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(dst)).store(w, std::memory_order_relaxed);
+  }
+  for (; n; --n, ++src, ++dst)
+    std::atomic_ref<std::byte>(*reinterpret_cast<std::byte*>(dst)).store(*src, std::memory_order_relaxed);
 }
 
 }  // namespace
@@ -380,7 +415,7 @@ bool Nic::Impl::execute_wqe(SoftQp* qp) {
       } else {
         size_t off = 0;
         for (uint32_t i = 0; i < w.num_sge; ++i) {
-          std::memcpy(p->payload.data() + off, reinterpret_cast<const void*>(w.sge[i].addr), w.sge[i].length);
+          dma_from_host(p->payload.data() + off, w.sge[i].addr, w.sge[i].length);
           off += w.sge[i].length;
         }
       }
@@ -500,7 +535,7 @@ void Nic::Impl::handle_request(SoftQp* qp, Packet* p) {
     if (p->length && !remote_mr(rnic::kAccessRemoteRead, p->length)) return false;
     persist_written();
     p->payload.resize(p->length);
-    if (p->length) std::memcpy(p->payload.data(), reinterpret_cast<const void*>(p->raddr), p->length);
+    dma_from_host(p->payload.data(), p->raddr, p->length);
     return true;
   };
 
@@ -547,7 +582,7 @@ void Nic::Impl::handle_request(SoftQp* qp, Packet* p) {
       SoftMr* mr = len ? remote_mr(rnic::kAccessRemoteWrite, len) : nullptr;
       if (len && !mr) return responder_error(qp, p, NakCode::kRemoteAccess);
       if (len) {
-        std::memcpy(reinterpret_cast<void*>(p->raddr), p->payload.data(), len);
+        dma_to_host(p->raddr, p->payload.data(), len);
         wrote(mr, p->raddr, len);
       }
       if (imm) {
@@ -597,7 +632,7 @@ void Nic::Impl::handle_request(SoftQp* qp, Packet* p) {
       uint64_t off = 0;
       for (uint32_t i = 0; i < n && off < len; ++i) {
         const uint64_t chunk = std::min<uint64_t>(data_seg_length(sges[i].length), len - off);
-        std::memcpy(reinterpret_cast<void*>(sges[i].addr), p->payload.data() + off, chunk);
+        dma_to_host(sges[i].addr, p->payload.data() + off, chunk);
         wrote(mrs[i], sges[i].addr, chunk);
         off += chunk;
       }
@@ -663,7 +698,7 @@ void Nic::Impl::handle_response(SoftQp* qp, Packet* p) {
       const uint64_t n = std::min<uint64_t>(data_seg_length(o.sge[i].length), len - off);
       SoftMr* mr = mr_for(o.sge[i].lkey, qp->pd);
       if (!mr || !(mr->acc & rnic::kAccessLocalWrite) || !mr->covers(o.sge[i].addr, n)) return false;
-      std::memcpy(reinterpret_cast<void*>(o.sge[i].addr), src + off, n);
+      dma_to_host(o.sge[i].addr, src + off, n);
       wrote(mr, o.sge[i].addr, n);
       off += n;
     }
