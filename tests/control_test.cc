@@ -952,5 +952,155 @@ TEST_F(ControlClientTest, ADaemonThatCannotProveTheSecretIsRefused) {
   ::close(lfd);
 }
 
+
+// ---- the daemon process ----------------------------------------------------------------------------
+class DaemonControlTest : public ::testing::Test {
+ protected:
+  Daemon& add_daemon(DaemonSpec spec) {
+    daemons_.push_back(std::make_unique<Daemon>("d" + std::to_string(daemons_.size()), dir_.path(), std::move(spec)));
+    return *daemons_.back();
+  }
+  RunResult run_config(const std::string& text) {
+    const std::string path = dir_.file("c" + std::to_string(configs_++) + ".cfg");
+    write_file(path, text);
+    return run_daemon_to_exit(dir_.path(), path);
+  }
+  std::string line(uint32_t id, const std::string& secret_spec) {
+    return "tenant " + std::to_string(id) + " 65536 " + dir_.file("t" + std::to_string(id) + ".pmem") + " " +
+           secret_spec + "\n";
+  }
+  TempDir dir_;
+  std::vector<std::unique_ptr<Daemon>> daemons_;
+  Client client_;
+  int configs_ = 0;
+};
+
+TEST_F(DaemonControlTest, SecretsMustBeGivenLongEnoughAndKeptPrivate) {
+  ASSERT_TRUE(dir_.ok());
+  auto expect_exit2 = [&](const std::string& text, const std::string& needle) {
+    auto r = run_config(text);
+    EXPECT_EQ(r.code, 2) << r.describe << "; stderr: " << r.err;
+    EXPECT_NE(r.err.find(needle), std::string::npos) << "stderr lacks '" << needle << "': " << r.err;
+  };
+  expect_exit2("tenant 1 65536 " + dir_.file("a.pmem") + "\n", "secret=HEX|secret_file=PATH");
+  expect_exit2(line(1, "secret=00112233"), "at least 16");
+  expect_exit2(line(1, "secret=" + std::string(32, 'z')), "not hex");
+  expect_exit2(line(1, "password=" + to_hex(tenant_secret(1))), "expected secret=HEX");
+  const std::string file = dir_.file("t1.secret");
+  write_file(file, to_hex(tenant_secret(1)) + "\n");
+  ASSERT_EQ(::chmod(file.c_str(), 0644), 0);
+  expect_exit2(line(1, "secret_file=" + file), "chmod 600");
+  expect_exit2(line(1, "secret_file=" + dir_.file("missing.secret")), "cannot read secret file");
+  expect_exit2("data_inflight_packets 0\n" + line(1, "secret=" + to_hex(tenant_secret(1))), "data_inflight_packets");
+  expect_exit2("max_region_bytes 4096\n" + line(1, "secret=" + to_hex(tenant_secret(1))), "max_region_bytes");
+  // A private secret file works, and the client proves what it holds.
+  ASSERT_EQ(::chmod(file.c_str(), 0600), 0);
+  DaemonSpec spec;
+  spec.tenants.push_back({1, 65536, dir_.file("t1.pmem"), "secret_file=" + file});
+  Daemon& d = add_daemon(spec);
+  ASSERT_TRUE(d.start());
+  ASSERT_TRUE(client_.init("127.0.0.1").is_ok());
+  std::vector<std::string> eps = {d.endpoint()};
+  auto o = group_options(1, 65536, ForwardMode::kOffload);
+  auto g = Group::connect(client_.nic(), eps, o);
+  ASSERT_TRUE(g.is_ok()) << g.status().to_string() << d.stderr_text();
+  g->reset();
+  o.secret = "not the secret";
+  auto bad = Group::connect(client_.nic(), eps, o);
+  EXPECT_EQ(bad.status().code(), StatusCode::kPermissionDenied) << bad.status().to_string();
+  // The daemon logged the refusal on stderr (logfmt).
+  EXPECT_TRUE(eventually([&] { return d.stderr_text().find("event=request_refused") != std::string::npos; }))
+      << d.stderr_text();
+}
+
+TEST_F(DaemonControlTest, StatsFlagPrintsTheDaemonsMetrics) {
+  ASSERT_TRUE(dir_.ok());
+  DaemonSpec spec;
+  spec.tenants.push_back({1, 65536, dir_.file("t1.pmem"), {}});
+  Daemon& d = add_daemon(spec);
+  ASSERT_TRUE(d.start());
+  const std::string out_path = dir_.file("stats.out");
+  std::string error;
+  auto p = Process::spawn({HYPERLOOP_REPLICA_BIN, "--stats", d.endpoint()}, dir_.file("stats.err"), &error);
+  ASSERT_TRUE(p) << error;
+  std::string text, l, why;
+  while (p->read_line(&l, 5000, &why)) text += l + "\n";
+  ASSERT_TRUE(p->wait_exit(kExitTimeoutMs));
+  EXPECT_TRUE(WIFEXITED(p->wait_status()) && WEXITSTATUS(p->wait_status()) == 0) << p->describe_exit();
+  EXPECT_NE(text.find("# TYPE hyperloop_control_connections_accepted_total counter"), std::string::npos) << text;
+  EXPECT_NE(text.find("hyperloop_tenants 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("hyperloop_wire_packets_dropped_bad_key_total 0"), std::string::npos) << text;
+}
+
+// A CONNECT towards an endpoint that never answers (a stopped daemon whose
+// accept queue is full, so SYNs go unanswered) once held the host lock across
+// a blocking connect and froze every tenant of the daemon.
+TEST_F(DaemonControlTest, AConnectTowardsASilentEndpointFreezesNoOtherTenant) {
+  ASSERT_TRUE(dir_.ok());
+  DaemonSpec a_spec, b_spec;
+  a_spec.tenants.push_back({1, 65536, dir_.file("a1.pmem"), {}});
+  a_spec.tenants.push_back({2, 65536, dir_.file("a2.pmem"), {}});
+  b_spec.tenants.push_back({3, 65536, dir_.file("b3.pmem"), {}});
+  Daemon& a = add_daemon(a_spec);
+  Daemon& b = add_daemon(b_spec);
+  ASSERT_TRUE(a.start());
+  ASSERT_TRUE(b.start());
+  ASSERT_TRUE(client_.init("127.0.0.1").is_ok());
+  // Addresses of real QPs on b, then b stops and its data port's queue fills.
+  RawConn on_b(b.control_port());
+  ASSERT_TRUE(on_b.authenticate(3, tenant_secret(3)).is_ok());
+  auto created = on_b.call(MsgType::kCreate, encode_create(create_for(0, 1)));
+  ASSERT_TRUE(created.is_ok()) << created.status().to_string();
+  auto b_info = decode_member_info(*created);
+  ASSERT_TRUE(b_info.is_ok());
+  b.process()->signal(SIGSTOP);
+  std::vector<int> fillers;
+  for (int i = 0; i < 200; ++i) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(b.data_port());
+    ::inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    ::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+    fillers.push_back(fd);
+  }
+  // Tenant 1 on a runs a stream of writes in CPU-forwarding mode (the agent on the path).
+  std::vector<std::string> eps = {a.endpoint()};
+  auto g = Group::connect(client_.nic(), eps, group_options(1, 65536, ForwardMode::kCpuForward));
+  ASSERT_TRUE(g.is_ok()) << g.status().to_string();
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> done{0};
+  std::atomic<bool> failed{false};
+  std::thread writer([&] {
+    std::byte b8[8] = {};
+    while (!stop.load()) {
+      prim::Op op;
+      if (!(*g)->write(op, 0, b8).is_ok() || !(*g)->wait(op, 5'000'000'000).is_ok() || !op.status().is_ok()) {
+        failed = true;
+        return;
+      }
+      done.fetch_add(1);
+    }
+  });
+  ASSERT_TRUE(eventually([&] { return done.load() >= 10; }));
+  // Tenant 2's client connects its member towards b's silent addresses.
+  RawConn t2(a.control_port());
+  ASSERT_TRUE(t2.authenticate(2, tenant_secret(2)).is_ok());
+  ASSERT_TRUE(t2.call(MsgType::kCreate, encode_create(create_for(0, 1))).is_ok());
+  const uint64_t before = done.load(), t0 = now_ns();
+  auto connected = t2.call(MsgType::kConnect, encode_connect({b_info->in_addr, b_info->out_addr, b_info->ctrl_addr_qp}));
+  const double connect_ms = double(now_ns() - t0) / 1e6;
+  // While that connect is pending in the background, tenant 1 keeps going.
+  const bool progressed = eventually([&] { return done.load() >= before + 200; }, 3'000'000'000);
+  stop = true;
+  writer.join();
+  for (int fd : fillers) ::close(fd);
+  b.process()->signal(SIGCONT);
+  EXPECT_TRUE(connected.is_ok()) << connected.status().to_string();
+  EXPECT_LT(connect_ms, 1000.0) << "CONNECT waited for the network";
+  EXPECT_TRUE(progressed) << "tenant 1 made " << done.load() - before << " operations during tenant 2's CONNECT";
+  EXPECT_FALSE(failed.load());
+}
+
 }  // namespace
 }  // namespace hyperloop

@@ -18,9 +18,13 @@
 //                                secret its clients must prove (at least 16
 //                                bytes as hex; a secret file holds the hex and
 //                                must not be readable by group or others)
-// Limits (defaults in docs/daemon.md):
-//   max_connections N  max_unauthenticated N  auth_timeout_ms N
-//   client_timeout_ms N  max_slots N  max_region_bytes N  log_level debug|info|warn|error
+// Limits (defaults and meaning in docs/daemon.md):
+//   control:  max_connections N  max_unauthenticated N  auth_timeout_ms N
+//             client_timeout_ms N  max_slots N  max_region_bytes N
+//   data wire: data_max_connections N  data_inflight_packets N  data_inflight_bytes N
+//             data_send_queue_bytes N  data_connect_timeout_ms N
+//             data_send_stall_timeout_ms N  max_message_bytes N
+//   log_level debug|info|warn|error
 //
 // On start it prints "ready control=<port> data=<port>" on stdout (tests wait
 // for that line), then serves until SIGTERM/SIGINT; it logs to stderr in
@@ -64,6 +68,7 @@ struct Config {
   prim::ControlOptions control;
   uint64_t max_region_bytes = 64ull << 30;
   LogLevel log_level = LogLevel::kInfo;
+  soft::FabricOptions wire;
 };
 
 constexpr size_t kMinSecretBytes = 16;
@@ -161,6 +166,27 @@ Result<Config> parse_config(const std::string& file) {
     } else if (key == "max_region_bytes") {
       HL_RETURN_IF_ERROR(number(8, 1ull << 50, &x));
       c.max_region_bytes = x;
+    } else if (key == "data_max_connections") {
+      HL_RETURN_IF_ERROR(number(1, 65536, &x));
+      c.wire.max_inbound_connections = uint32_t(x);
+    } else if (key == "data_inflight_packets") {
+      HL_RETURN_IF_ERROR(number(1, 1 << 24, &x));
+      c.wire.max_inflight_packets_per_connection = uint32_t(x);
+    } else if (key == "data_inflight_bytes") {
+      HL_RETURN_IF_ERROR(number(4096, 1ull << 40, &x));
+      c.wire.max_inflight_bytes_per_connection = x;
+    } else if (key == "data_send_queue_bytes") {
+      HL_RETURN_IF_ERROR(number(4096, 1ull << 40, &x));
+      c.wire.max_send_queue_bytes = x;
+    } else if (key == "data_connect_timeout_ms") {
+      HL_RETURN_IF_ERROR(number(10, 600'000, &x));
+      c.wire.connect_timeout_ns = x * 1'000'000;
+    } else if (key == "data_send_stall_timeout_ms") {
+      HL_RETURN_IF_ERROR(number(10, 600'000, &x));
+      c.wire.send_stall_timeout_ns = x * 1'000'000;
+    } else if (key == "max_message_bytes") {
+      HL_RETURN_IF_ERROR(number(64, 1ull << 31, &x));
+      c.wire.max_message_bytes = uint32_t(x);
     } else if (key == "log_level") {
       std::string v;
       ls >> v;
@@ -210,6 +236,28 @@ Result<Config> parse_config(const std::string& file) {
   return c;
 }
 
+// The data wire's counters in Prometheus text format (appended to STATS).
+std::string wire_metrics(const soft::WireStats& w) {
+  std::string out;
+  auto metric = [&](const char* name, const char* type, const char* help, uint64_t v) {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " +
+           std::to_string(v) + "\n";
+  };
+  metric("hyperloop_wire_connections_accepted_total", "counter", "Inbound data connections accepted.", w.connections_accepted);
+  metric("hyperloop_wire_connections_refused_total", "counter", "Inbound data connections over the limit.", w.connections_refused);
+  metric("hyperloop_wire_connections_open", "gauge", "Inbound data connections open.", w.connections_open);
+  metric("hyperloop_wire_frames_rejected_total", "counter", "Malformed data frames (connection closed).", w.frames_rejected);
+  metric("hyperloop_wire_packets_dropped_bad_key_total", "counter", "Packets with a key not the QP peer's (forged).", w.packets_dropped_bad_key);
+  metric("hyperloop_wire_packets_dropped_wrong_connection_total", "counter", "Packets on a connection the QP is not bound to.", w.packets_dropped_wrong_connection);
+  metric("hyperloop_wire_packets_dropped_queue_full_total", "counter", "Packets dropped at a full send queue.", w.packets_dropped_queue_full);
+  metric("hyperloop_wire_packets_dropped_dead_link_total", "counter", "Packets sent over a dead link.", w.packets_dropped_dead_link);
+  metric("hyperloop_wire_links_open", "gauge", "Outbound data links connecting or open.", w.links_open);
+  metric("hyperloop_wire_connect_failures_total", "counter", "Outbound connects refused or timed out.", w.connect_failures);
+  metric("hyperloop_wire_links_cut_total", "counter", "Outbound links cut (stall, peer closed, error).", w.links_cut);
+  metric("hyperloop_wire_backpressure_pauses_total", "counter", "Times an inbound connection stopped being read.", w.backpressure_pauses);
+  return out;
+}
+
 int fail(const char* what, const Status& s, int code = 1) {
   std::fprintf(stderr, "hyperloop-replica: %s: %s\n", what, s.to_string().c_str());
   return code;
@@ -238,7 +286,7 @@ int main(int argc, char** argv) {
   auto config = parse_config(argv[1]);
   if (!config) return fail("config", config.status(), 2);
   set_log_sink(stderr_log_sink(), config->log_level);
-  soft::Fabric fabric;
+  soft::Fabric fabric(config->wire);
   auto data_port = fabric.listen(config->address, config->data_port);
   if (!data_port) return fail("data wire", data_port.status());
   auto nic = fabric.create_nic({.name = "replica"});
@@ -250,6 +298,7 @@ int main(int argc, char** argv) {
   for (const auto& t : config->tenants)
     if (auto s = (*host)->register_tenant(t.id, t.size, t.path, t.secret); !s)
       return fail(("tenant " + std::to_string(t.id) + " (" + t.path + ")").c_str(), s);
+  config->control.extra_metrics = [&fabric] { return wire_metrics(fabric.wire_stats()); };
   auto control_port = (*host)->serve_control(config->address, config->control_port, config->control);
   if (!control_port) return fail("control", control_port.status());
   log(LogLevel::kInfo, "daemon", "ready",
