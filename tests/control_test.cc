@@ -845,6 +845,39 @@ TEST_F(ControlServerTest, StatsAnswerIsPrometheusText) {
   EXPECT_NE(text.find("hyperloop_members 1\n"), std::string::npos) << text;
 }
 
+TEST_F(ControlServerTest, AMemberThatBreaksIsLoggedAndCounted) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  LogCapture logs;
+  // A client NIC on the host's own fabric, so the link between them can be cut.
+  auto cnic = fabric_.create_nic({.name = "local-client", .ack_timeout_ns = 5'000'000});
+  ASSERT_TRUE(cnic.is_ok());
+  executor_->add(**cnic);
+  auto o = group_options(2, kRegion, ForwardMode::kCpuForward);
+  o.progress = nullptr;
+  o.op_timeout_ns = 300'000'000;
+  ReplicaHost* hosts[] = {host_.get()};
+  auto g = Group::create(**cnic, hosts, o);
+  ASSERT_TRUE(g.is_ok()) << g.status().to_string();
+  ASSERT_TRUE(write_and_flush(**g, 5));
+  // The write reaches the replica while its agent (the CPU forwarder) is
+  // frozen; then the link is cut and the agent thawed: its acknowledgement to
+  // the client can never be delivered, and the member breaks.
+  host_->freeze();
+  const uint64_t received = nic_->stats().packets_received;
+  prim::Op w;
+  std::byte b[8] = {};
+  ASSERT_TRUE((*g)->write(w, 0, b).is_ok());
+  ASSERT_TRUE(eventually([&] { return nic_->stats().packets_received >= received + 2; }));
+  fabric_.set_link(**cnic, *nic_, false);
+  host_->thaw();
+  EXPECT_FALSE((*g)->wait(w, 5'000'000'000).is_ok() && w.status().is_ok());
+  ASSERT_TRUE(eventually([&] { return logs.has({"component=member", "event=member_broken", "tenant=2"}); }))
+      << "write: " << w.status().to_string() << "\n" << host_->metrics_text() << nic_->stats().packets_dropped;
+  EXPECT_NE(host_->metrics_text().find("hyperloop_members_broken_total 1\n"), std::string::npos)
+      << host_->metrics_text();
+  g->reset();
+}
+
 // ---- the client against daemons that do not behave -----------------------------------------------
 class ControlClientTest : public ::testing::Test {
  protected:
