@@ -735,7 +735,10 @@ TEST_F(ControlServerTest, SixHundredConnectionsLeakNoDescriptorAndNoThread) {
     }
   }
   ASSERT_TRUE(eventually([&] { return stats().connections_open == 0; })) << stats().connections_open;
-  EXPECT_EQ(open_fds(), fds);
+  // The warm-up group's data-wire links (this process holds both ends) open
+  // and close on the wire's own schedule, so allow a few descriptors; a leak
+  // per control connection would be 600. soak_test counts a daemon's exactly.
+  EXPECT_LE(open_fds(), fds + 4);
   EXPECT_EQ(thread_count(), threads);
   EXPECT_EQ(stats().connections_accepted, 601u);
 }
