@@ -160,8 +160,10 @@ TEST(WireStall, APeerThatNeverReadsDoesNotFreezeTheExecutor) {
   must(stuck->connect(soft::encode_address(fake)), "connect to the silent peer");
   must(stuck->ready_to_send(), "rts");
   // Fill every path towards it (socket buffers, then the 4 MiB queue): 16
-  // WRITEs of 1 MiB, then their retransmissions.
-  const rn::Sge big = a.mr->sge(0, 1 << 20);
+  // WRITEs of 1 MiB, then their retransmissions. They gather from the
+  // second MiB of a's memory: write_and_flush below rewrites the first bytes
+  // while these are still being retransmitted (a data race under TSan).
+  const rn::Sge big = a.mr->sge(1 << 20, 1 << 20);
   for (int i = 0; i < 16; ++i) {
     rn::SendWr wr;
     wr.opcode = rn::WrOpcode::kRdmaWrite;
