@@ -608,7 +608,12 @@ void ControlServer::Impl::handle(Session& s, uint8_t type_byte, std::span<const 
       count([](ControlStats& x) { ++x.pings; });
       return;  // no answer: a heartbeat
     case MsgType::kStats: {
-      std::string text = host->metrics_text();
+      ControlStats snapshot;
+      {
+        std::lock_guard<std::mutex> l(stats_mu);
+        snapshot = stats;
+      }
+      std::string text = host_metrics_text(*host, snapshot);
       if (opts.extra_metrics) text += opts.extra_metrics();
       if (text.size() > kMaxControlBody - 1) text.resize(kMaxControlBody - 1);
       return reply(s, type, encode_ok({reinterpret_cast<const std::byte*>(text.data()), text.size()}));

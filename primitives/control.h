@@ -50,6 +50,11 @@ class ControlServer {
   std::unique_ptr<Impl> impl_;
 };
 
+// The host's counters and the control service's `c` in Prometheus text (what
+// STATS answers; the control loop passes its own counters, so it never reads
+// the host's pointer to the server while that is being set).
+std::string host_metrics_text(const ReplicaHost& host, const ControlStats& c);
+
 // The tenant's secret on this host. Errors: kNotFound (not registered),
 // kPermissionDenied (registered without a secret: no remote client may use it).
 Result<std::string> tenant_secret(ReplicaHost& host, uint32_t tenant);

@@ -603,8 +603,10 @@ Result<uint16_t> ReplicaHost::serve_control(const std::string& ipv4, uint16_t po
 
 ControlStats ReplicaHost::control_stats() const { return impl_->control ? impl_->control->stats() : ControlStats{}; }
 
-std::string ReplicaHost::metrics_text() const {
-  const ControlStats c = control_stats();
+std::string ReplicaHost::metrics_text() const { return host_metrics_text(*this, control_stats()); }
+
+std::string internal::host_metrics_text(const ReplicaHost& host, const ControlStats& c) {
+  auto* impl_ = host.impl();
   size_t tenants = 0, members = 0, broken = 0;
   {
     std::lock_guard<std::mutex> l(impl_->mu);
