@@ -7,7 +7,7 @@ set -euo pipefail
 
 # Exactly what the build needs (README.md, "Dependencies", says why each).
 PACKAGES=(
-  g++                # C++20 compiler (GCC 12) and its ASan/UBSan runtimes
+  g++                # C++20 compiler (GCC 12) and its ASan/UBSan/TSan runtimes
   cmake              # build system generator (>= 3.25)
   ninja-build        # build tool used by the .ci scripts
   pkg-config         # locating rdma-core / PMDK libraries
