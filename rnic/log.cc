@@ -5,24 +5,34 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <memory>
 #include <mutex>
+#include <utility>
 
 namespace hyperloop {
 
 namespace {
 
+// A sink and the number of log() calls inside it (guarded by SinkState::mu).
+struct Installed {
+  explicit Installed(LogSink f) : fn(std::move(f)) {}
+  const LogSink fn;
+  int calls = 0;
+};
+
 struct SinkState {
   std::mutex mu;
-  std::shared_ptr<const LogSink> sink;
+  std::condition_variable idle;  // some Installed::calls dropped to 0
+  std::shared_ptr<Installed> sink;
   std::atomic<uint8_t> min_level{uint8_t(LogLevel::kWarn)};
 };
 
 SinkState& state() {
   static SinkState* s = [] {
     auto* st = new SinkState();  // never destroyed: logging may happen during exit
-    st->sink = std::make_shared<const LogSink>(stderr_log_sink());
+    st->sink = std::make_shared<Installed>(stderr_log_sink());
     return st;
   }();
   return *s;
@@ -73,10 +83,14 @@ std::string_view log_level_name(LogLevel l) {
 
 void set_log_sink(LogSink sink, LogLevel min_level) {
   auto& s = state();
-  auto next = sink ? std::make_shared<const LogSink>(std::move(sink)) : nullptr;
-  std::lock_guard<std::mutex> l(s.mu);
-  s.sink = std::move(next);
+  auto next = sink ? std::make_shared<Installed>(std::move(sink)) : nullptr;
+  std::unique_lock<std::mutex> l(s.mu);
+  std::shared_ptr<Installed> old = std::exchange(s.sink, std::move(next));
   s.min_level.store(uint8_t(min_level), std::memory_order_relaxed);
+  // No thread may still be inside the old sink once this returns: a sink
+  // often captures an object (a test's log capture) destroyed right after it
+  // is replaced. ThreadSanitizer found that use after free in control_test.
+  if (old) s.idle.wait(l, [&] { return old->calls == 0; });
 }
 
 void reset_log_sink() { set_log_sink(stderr_log_sink(), LogLevel::kWarn); }
@@ -86,12 +100,13 @@ LogLevel log_min_level() { return LogLevel(state().min_level.load(std::memory_or
 void log(LogLevel level, std::string_view component, std::string_view event, std::initializer_list<LogField> fields) {
   auto& s = state();
   if (uint8_t(level) < s.min_level.load(std::memory_order_relaxed)) return;
-  std::shared_ptr<const LogSink> sink;
+  std::shared_ptr<Installed> sink;
   {
     std::lock_guard<std::mutex> l(s.mu);
     sink = s.sink;
+    if (!sink) return;
+    ++sink->calls;
   }
-  if (!sink) return;
   LogRecord r;
   r.level = level;
   r.component = component;
@@ -100,7 +115,16 @@ void log(LogLevel level, std::string_view component, std::string_view event, std
   r.unix_ns = uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
                            std::chrono::system_clock::now().time_since_epoch())
                            .count());
-  (*sink)(r);
+  // Called without the lock: sinks run concurrently, and may log themselves.
+  struct Leave {
+    SinkState& s;
+    Installed& in;
+    ~Leave() {
+      std::lock_guard<std::mutex> l(s.mu);
+      if (--in.calls == 0) s.idle.notify_all();
+    }
+  } leave{s, *sink};
+  sink->fn(r);
 }
 
 std::string format_logfmt(const LogRecord& r) {

@@ -46,8 +46,8 @@ struct LogRecord {
 using LogSink = std::function<void(const LogRecord&)>;
 
 // Replaces the sink (an empty function: records are dropped) and the lowest
-// level passed to it. Returns nothing; the previous sink is released once no
-// thread is inside it.
+// level passed to it. Returns once no thread is inside the previous sink, so
+// whatever that sink refers to may be destroyed right after.
 void set_log_sink(LogSink sink, LogLevel min_level = LogLevel::kInfo);
 // Restores the default: logfmt on stderr, warnings and errors.
 void reset_log_sink();
