@@ -50,20 +50,18 @@ ctest --test-dir build-asan --output-on-failure --no-tests=error -j "$JOBS"
 # (both forwarding modes, replica agent threads, client threads sharing a
 # group), txn_test (concurrent bank transfers with a reader, disjoint stripes,
 # 100 tenants, recovery), daemon_test (daemons built with TSan too; they
-# inherit TSAN_OPTIONS) and wire_test (the TCP wire's epoll loop against
-# executor threads, 7 s). Most other suites drive NICs from one thread
-# (ManualExecutor) or none, where TSan finds nothing and only costs time;
-# soak_test is a long soak; control_test is threaded too but left out until
-# the daemon's control loop no longer reads the ControlServer before it is
-# published (ControlServer::start starts the loop thread first, and a METRICS
-# request reads ReplicaHost's control pointer: control.cc, replica_host.cc).
+# inherit TSAN_OPTIONS), wire_test (the TCP wire's epoll loop against
+# executor threads, 7 s) and control_test (the control server's epoll loop,
+# daemons, log sinks, 8 s). The other suites drive NICs from one thread
+# (ManualExecutor) or none, where TSan finds nothing and only costs time,
+# except soak_test, a long soak (100,000 connections) left to the normal build.
 # Whole suites, no filter: 1.5 to 3 min to build and under 3 min to run on 2 cores
 # (txn_test 90 s of it, HundredTenants 45 s; --gtest_filter=-*HundredTenants*
 # is the first thing to drop if the stage outgrows 10 min). Reports go to
 # files (log_path) so a report from a daemon fails the stage as well;
 # halt_on_error=1 stops a process at its first report. No suppressions: the
 # soft RNIC's DMA is atomic by design (engine.cc, dma_from_host/dma_to_host).
-TSAN_SUITES=(soft_rnic_test primitives_test txn_test daemon_test wire_test)
+TSAN_SUITES=(soft_rnic_test primitives_test txn_test daemon_test wire_test control_test)
 
 section "configure build-tsan/ (thread; no benchmarks)"
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
