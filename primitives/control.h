@@ -55,6 +55,10 @@ class ControlServer {
 // the host's pointer to the server while that is being set).
 std::string host_metrics_text(const ReplicaHost& host, const ControlStats& c);
 
+// Appends one metric in Prometheus text format (HELP, TYPE, sample).
+void append_metric(std::string* out, std::string_view name, std::string_view type, std::string_view help,
+                   uint64_t value);
+
 // The tenant's secret on this host. Errors: kNotFound (not registered),
 // kPermissionDenied (registered without a secret: no remote client may use it).
 Result<std::string> tenant_secret(ReplicaHost& host, uint32_t tenant);

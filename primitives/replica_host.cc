@@ -605,6 +605,23 @@ ControlStats ReplicaHost::control_stats() const { return impl_->control ? impl_-
 
 std::string ReplicaHost::metrics_text() const { return host_metrics_text(*this, control_stats()); }
 
+void internal::append_metric(std::string* out, std::string_view name, std::string_view type, std::string_view help,
+                             uint64_t value) {
+  *out += "# HELP ";
+  *out += name;
+  *out += ' ';
+  *out += help;
+  *out += "\n# TYPE ";
+  *out += name;
+  *out += ' ';
+  *out += type;
+  *out += '\n';
+  *out += name;
+  *out += ' ';
+  *out += std::to_string(value);
+  *out += '\n';
+}
+
 std::string internal::host_metrics_text(const ReplicaHost& host, const ControlStats& c) {
   auto* impl_ = host.impl();
   size_t tenants = 0, members = 0, broken = 0;
@@ -619,8 +636,7 @@ std::string internal::host_metrics_text(const ReplicaHost& host, const ControlSt
   }
   std::string out;
   auto metric = [&](const char* name, const char* type, const char* help, uint64_t v) {
-    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " +
-           std::to_string(v) + "\n";
+    append_metric(&out, name, type, help, v);
   };
   metric("hyperloop_tenants", "gauge", "Tenants registered on this host.", tenants);
   metric("hyperloop_members", "gauge", "Chain members (one per tenant in use).", members);

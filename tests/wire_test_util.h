@@ -31,13 +31,13 @@ namespace soft = ::hyperloop::soft;
 using namespace std::chrono_literals;
 
 // Polls pred until true or the deadline; returns pred's last value. The
-// short yield between polls is not synchronisation: the condition is.
+// yield between polls is not synchronisation: the condition is.
 inline bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds deadline = 10s) {
   const auto end = std::chrono::steady_clock::now() + deadline;
   for (;;) {
     if (pred()) return true;
     if (std::chrono::steady_clock::now() > end) return pred();
-    std::this_thread::sleep_for(1ms);
+    std::this_thread::yield();
   }
 }
 

@@ -238,10 +238,10 @@ Result<Config> parse_config(const std::string& file) {
 
 // The data wire's counters in Prometheus text format (appended to STATS).
 std::string wire_metrics(const soft::WireStats& w) {
+  using prim::internal::append_metric;
   std::string out;
   auto metric = [&](const char* name, const char* type, const char* help, uint64_t v) {
-    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " +
-           std::to_string(v) + "\n";
+    append_metric(&out, name, type, help, v);
   };
   metric("hyperloop_wire_connections_accepted_total", "counter", "Inbound data connections accepted.", w.connections_accepted);
   metric("hyperloop_wire_connections_refused_total", "counter", "Inbound data connections over the limit.", w.connections_refused);
