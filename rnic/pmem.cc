@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <libpmem2.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,6 +13,8 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <random>
+#include <utility>
 #include <vector>
 
 namespace hyperloop {
@@ -19,6 +22,9 @@ namespace hyperloop {
 namespace {
 std::mutex g_registry_mu;
 std::map<uintptr_t, PersistentMemory*> g_registry;  // view start -> object
+// The files open in this process, by identity (device, inode) -> the path
+// they were opened as: one owner per file, whatever path names it.
+std::map<std::pair<dev_t, ino_t>, std::string> g_files;  // guarded by g_registry_mu
 
 std::string sys_error(const std::string& what) { return what + ": " + std::strerror(errno); }
 }  // namespace
@@ -33,8 +39,11 @@ struct PersistentMemory::Impl {
   std::byte* durable = nullptr;
   pmem2_persist_fn persist_fn = nullptr;
   std::byte* view = nullptr;
+  std::pair<dev_t, ino_t> id{};
+  bool registered = false;  // id is in g_files (guarded by g_registry_mu)
 
   mutable std::mutex mu;
+  bool released = false;  // release() was called: the file is no longer ours (guarded by mu)
   std::vector<std::pair<size_t, size_t>> dirty;  // [begin, end), merged on persist
 
   // Sorts and merges the dirty ranges in place. REQUIRES: mu held.
@@ -52,15 +61,24 @@ struct PersistentMemory::Impl {
     dirty.resize(w + 1);
   }
 
+  // Leaves g_files (the file may be opened again in this process).
+  void unregister_file() {
+    std::lock_guard<std::mutex> l(g_registry_mu);
+    if (registered) g_files.erase(id);
+    registered = false;
+  }
+
   ~Impl() {
+    unregister_file();
     if (map) pmem2_map_delete(&map);
     if (cfg) pmem2_config_delete(&cfg);
     if (src) pmem2_source_delete(&src);
-    if (fd >= 0) close(fd);
+    if (fd >= 0) close(fd);  // also drops the flock
     std::free(view);
   }
   // REQUIRES: mu held.
   void persist_locked(size_t b, size_t e) {
+    if (released) return;
     std::memcpy(durable + b, view + b, e - b);
     persist_fn(durable + b, e - b);
   }
@@ -75,20 +93,50 @@ PersistentMemory::~PersistentMemory() {
 
 Result<std::unique_ptr<PersistentMemory>> PersistentMemory::open(const std::string& path, size_t size, bool create) {
   if (size == 0) return invalid_argument("persistent memory size must be positive");
+  if (size > kMaxSize)
+    return invalid_argument("persistent memory of " + std::to_string(size) + " bytes for " + path + " is over the limit of " +
+                            std::to_string(kMaxSize) + " bytes");
   auto im = std::make_unique<Impl>();
   im->path = path;
   im->size = size;
-  im->fd = ::open(path.c_str(), O_RDWR | (create ? O_CREAT : 0), 0644);
+  // O_CLOEXEC: a child this process starts (fork + exec) must not inherit the
+  // descriptor, and with it the lock.
+  im->fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0644);
   if (im->fd < 0) {
     if (errno == ENOENT) return not_found("no persistent memory file " + path);
     return unavailable(sys_error("cannot open " + path));
   }
   struct stat st;
   if (fstat(im->fd, &st) != 0) return unavailable(sys_error("cannot stat " + path));
-  if (st.st_size == 0) {
-    if (ftruncate(im->fd, off_t(size)) != 0) return unavailable(sys_error("cannot size " + path));
-  } else if (size_t(st.st_size) != size) {
+  if (!S_ISREG(st.st_mode)) return invalid_argument(path + " is not a regular file");
+  // One owner per file. In this process: by identity, so that "./x", a
+  // symlink or a hard link to an open file is refused like its own name.
+  im->id = {st.st_dev, st.st_ino};
+  {
+    std::lock_guard<std::mutex> l(g_registry_mu);
+    if (auto it = g_files.find(im->id); it != g_files.end())
+      return Status(StatusCode::kAlreadyExists, path + " is in use by another persistent memory region of this process (" +
+                                                    it->second + ": the same file)");
+    g_files.emplace(im->id, path);
+    im->registered = true;
+  }
+  // In other processes: an exclusive lock, held until the descriptor closes.
+  if (flock(im->fd, LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK)
+      return unavailable(path + " is in use by another process (it holds the file's lock)");
+    return unavailable(sys_error("cannot lock " + path));
+  }
+  const bool fresh = st.st_size == 0;
+  if (!fresh && size_t(st.st_size) != size)
     return invalid_argument(path + " holds " + std::to_string(st.st_size) + " bytes, not " + std::to_string(size));
+  // Reserve every block now (a fresh file is also sized by this), so that a
+  // file system too small is an error here and never a SIGBUS on a later
+  // access of the mapping.
+  if (const int err = posix_fallocate(im->fd, 0, off_t(size)); err != 0) {
+    if (fresh) (void)ftruncate(im->fd, 0);  // leave it as found: empty
+    const std::string why = "cannot reserve " + std::to_string(size) + " bytes for " + path + ": " + std::strerror(err);
+    if (err == ENOSPC || err == EFBIG || err == EDQUOT) return Status(StatusCode::kResourceExhausted, why);
+    return unavailable(why);
   }
   if (pmem2_source_from_fd(&im->src, im->fd) != 0 || pmem2_config_new(&im->cfg) != 0 ||
       pmem2_config_set_required_store_granularity(im->cfg, PMEM2_GRANULARITY_PAGE) != 0 ||
@@ -149,10 +197,51 @@ size_t PersistentMemory::dirty_bytes() const {
   return bytes;
 }
 
-void PersistentMemory::power_fail() {
-  std::lock_guard<std::mutex> l(impl_->mu);
-  std::memcpy(impl_->view, impl_->durable, impl_->size);
-  impl_->dirty.clear();
+void PersistentMemory::power_fail() { power_fail(PowerFailOptions{}); }
+
+size_t PersistentMemory::power_fail(const PowerFailOptions& options) {
+  Impl& im = *impl_;
+  std::lock_guard<std::mutex> l(im.mu);
+  if (im.released) return 0;  // not ours any more: the file is someone else's
+  size_t kept = 0;
+  if (options.tear) {
+    // Every 64-byte line whose view differs from the durable image holds
+    // stores not yet made durable (marked dirty or not: a cache may write any
+    // line back at any time). Per such line, drawn from the seed: lost, kept
+    // whole, or written back in part, a subset of its 8-byte words. A word is
+    // never torn: it is either the durable image's (old) or the view's (new).
+    std::mt19937_64 rng(options.seed);
+    for (size_t line = 0; line < im.size; line += kLineBytes) {
+      const size_t line_end = std::min(im.size, line + kLineBytes);
+      if (std::memcmp(im.view + line, im.durable + line, line_end - line) == 0) continue;
+      const uint64_t fate = rng() % 3;  // 0: lost, 1: kept whole, 2: some words kept
+      if (fate == 0) continue;
+      bool wrote = false;
+      for (size_t w = line; w < line_end; w += kWordBytes) {
+        const size_t w_end = std::min(line_end, w + kWordBytes);
+        if (std::memcmp(im.view + w, im.durable + w, w_end - w) == 0) continue;
+        if (fate == 2 && (rng() & 1) == 0) continue;
+        std::memcpy(im.durable + w, im.view + w, w_end - w);
+        wrote = true;
+        ++kept;
+      }
+      if (wrote) im.persist_fn(im.durable + line, line_end - line);
+    }
+  }
+  std::memcpy(im.view, im.durable, im.size);
+  im.dirty.clear();
+  return kept;
+}
+
+void PersistentMemory::release() {
+  {
+    std::lock_guard<std::mutex> l(impl_->mu);
+    if (impl_->released) return;
+    impl_->released = true;
+    impl_->dirty.clear();
+    (void)flock(impl_->fd, LOCK_UN);
+  }
+  impl_->unregister_file();
 }
 
 PersistentMemory* PersistentMemory::containing(const void* addr, size_t len) {

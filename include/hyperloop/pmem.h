@@ -14,12 +14,40 @@
 //     reverts the view to the durable image (as LevelDB's fault-injection Env
 //     drops unsynced file data). A persisted range is never torn: persist()
 //     of a range is atomic with respect to power_fail().
+//   * a power failure may also *tear*: power_fail({.tear = true, .seed = s})
+//     first writes back a seeded, arbitrary subset of what was not made
+//     durable, as real persistent memory does (a CPU cache or the NIC's DDIO
+//     may write any line back at any time, and only aligned 8-byte stores
+//     are failure-atomic). "Not made durable" is every 64-byte line
+//     (kLineBytes) whose view differs from the durable image, whether marked
+//     dirty or not; each such line is, by the seed, lost, kept whole, or kept
+//     in part: a subset of its 8-byte words (kWordBytes). A word is never
+//     torn: after the failure it holds its durable (old) value or its view's
+//     (newest) value, whole. Persisted bytes survive exactly as without
+//     tearing. Without tearing (the default) every such line is lost.
 //
 // A process that restarts opens the same file and finds exactly what was made
 // durable.
 //
-// Thread-safety: mark_dirty/persist/persist_dirty/power_fail are safe to call
-// concurrently; writes into data() are the caller's to order.
+// One owner per file. A file is identified by its device and inode (not by
+// the path naming it: "./x", a symlink and a hard link are the same file).
+//   * In one process, a file is open in at most one PersistentMemory: open()
+//     of a file already open here (under any name) is kAlreadyExists, naming
+//     both paths. Two tenants of one ReplicaHost, or of two hosts in one
+//     process, cannot share a file.
+//   * Across processes, open() takes an exclusive lock on the file
+//     (flock(LOCK_EX | LOCK_NB)), held until the object is destroyed (or
+//     release() is called); a file locked by another process (another
+//     replica daemon) is kUnavailable "in use by another process". The
+//     descriptor is close-on-exec, so programs this process starts do not
+//     hold the lock.
+//   * Space is reserved up front: open() allocates every block of the file
+//     (posix_fallocate), so a file system too small for the region is
+//     kResourceExhausted with the system's reason ("No space left on device",
+//     "File too large") at open, never a SIGBUS at a later access.
+//
+// Thread-safety: mark_dirty/persist/persist_dirty/power_fail/release are safe
+// to call concurrently; writes into data() are the caller's to order.
 #pragma once
 
 #include <cstddef>
@@ -31,12 +59,29 @@
 
 namespace hyperloop {
 
+// How a power failure treats what was not made durable (see above).
+struct PowerFailOptions {
+  bool tear = false;  // keep a seeded subset of the unflushed lines / words
+  uint64_t seed = 0;  // which subset: the same seed and image tear the same way
+};
+
 class PersistentMemory {
  public:
+  static constexpr size_t kLineBytes = 64;  // the unit a power failure keeps or loses
+  static constexpr size_t kWordBytes = 8;   // the failure-atomic unit
+  // The largest region: 2^47 bytes, the user address space of a 48-bit
+  // virtual address machine (no mapping can be larger).
+  static constexpr size_t kMaxSize = size_t{1} << 47;
+
   // Opens `path`, a file of exactly `size` bytes (created zero-filled when
-  // missing and create is true). Errors: kNotFound (missing, !create),
-  // kInvalidArgument (size 0 or a file of another size), kUnavailable (I/O or
-  // mapping failure; the message has the system's reason).
+  // missing and create is true), reserving its blocks and locking it (the
+  // one-owner rules above). Errors: kNotFound (missing, !create),
+  // kInvalidArgument (size 0 or over kMaxSize, a file of another size, not a
+  // regular file), kAlreadyExists (the file is open in this process, under
+  // this or another name), kUnavailable (locked by another process; I/O or
+  // mapping failure: the message has the system's reason), kResourceExhausted
+  // (the file system has no room for `size` bytes, or no memory for the
+  // view). Nothing throws.
   static Result<std::unique_ptr<PersistentMemory>> open(const std::string& path, size_t size, bool create = true);
   ~PersistentMemory();
   PersistentMemory(const PersistentMemory&) = delete;
@@ -56,6 +101,17 @@ class PersistentMemory {
   size_t dirty_bytes() const;
   // Fault: the view loses every byte that was not made durable.
   void power_fail();
+  // Fault: a power failure as `options` say; with tear, a seeded subset of
+  // the unflushed lines (whole or some of their 8-byte words) is first
+  // written to the durable image, then the view reverts to it. Returns the
+  // unflushed words so kept (0 without tear).
+  size_t power_fail(const PowerFailOptions& options);
+  // The process that owned this object is gone (a test keeps a crashed
+  // host's objects alive for the pointers others still hold): gives the file
+  // up (unlocks it, leaves this process's registry) so that it can be opened
+  // again; from now on nothing reaches the file (persist, persist_dirty and
+  // power_fail leave it alone). The view stays valid until destruction.
+  void release();
 
   // The registered PersistentMemory whose view holds [addr, addr+len), if
   // any (devices ask at memory registration).
