@@ -30,6 +30,10 @@
 // for that line), then serves until SIGTERM/SIGINT; it logs to stderr in
 // logfmt. Files are created when missing and found again after a restart:
 // what was made durable is there.
+// Region files have one owner (hyperloop/pmem.h): two tenants on one file
+// (under any names: identified by device and inode), a file another process
+// (another daemon) holds locked, or a file system without room for a region
+// (space is reserved at start) are exit 1 with the reason, before "ready".
 // Exit status: 0 after a signal, 2 for a bad config, 1 for any other error.
 #include <pthread.h>
 #include <signal.h>
@@ -118,8 +122,14 @@ Status parse_secret(const std::string& spec, const std::string& where, const std
 }
 
 Result<Config> parse_config(const std::string& file) {
+  // A directory opens as a stream that reads nothing: say what it is.
+  struct stat st{};
+  if (::stat(file.c_str(), &st) != 0)
+    return not_found("cannot open config file " + file + ": " + std::strerror(errno));
+  if (S_ISDIR(st.st_mode)) return invalid_argument("config file " + file + " is a directory");
+  if (!S_ISREG(st.st_mode)) return invalid_argument("config file " + file + " is not a regular file");
   std::ifstream in(file);
-  if (!in) return not_found("cannot open config file " + file);
+  if (!in) return not_found("cannot open config file " + file + ": " + std::strerror(errno));
   Config c;
   std::string line;
   for (int no = 1; std::getline(in, line); ++no) {
@@ -220,6 +230,9 @@ Result<Config> parse_config(const std::string& file) {
         return invalid_argument(where + "tenant " + id + ": region of " + size + " bytes is over max_region_bytes " +
                                 std::to_string(c.max_region_bytes) + " (set max_region_bytes before the tenant lines)");
       HL_RETURN_IF_ERROR(parse_secret(secret_spec, where, id, &t.secret));
+      // The same path twice is a config error; the same file under two names
+      // (./, a symlink, a hard link) is found by device and inode when the
+      // files are opened (exit 1, PersistentMemory's one-owner rule).
       for (const auto& o : c.tenants) {
         if (o.id == t.id) return invalid_argument(where + "tenant " + id + " is listed twice");
         if (o.path == t.path) return invalid_argument(where + "tenants " + std::to_string(o.id) + " and " + id +
