@@ -357,6 +357,64 @@ TEST(ReplicaHostTest, RegisteringATenantTwiceOrWithABadSizeIsRefused) {
 INSTANTIATE_TEST_SUITE_P(Modes, CreateTest, ::testing::ValuesIn(kBothModes),
                          [](const auto& info) { return mode_name(info.param); });
 
+// ---- impossible sizes: an error, never an exception ------------------------------------------
+// Sizes no machine here can give are refused before anything is allocated
+// (include/hyperloop/internal/memory_limits.h): they used to throw
+// std::bad_alloc out of the public API (and under ASan to abort the process).
+constexpr size_t kTiB = size_t{1} << 40;
+
+TEST_P(CreateTest, ATebibyteOfStagingIsResourceExhaustedAndNothingThrows) {
+  const ClusterOptions o = options(GetParam());
+  SCOPED_TRACE(trace(o));
+  Cluster c(o);
+  for (size_t staging : {kTiB, size_t{1} << 50, ~size_t{0} - 63}) {
+    GroupOptions go = c.group_options();
+    go.staging_bytes = staging;
+    Result<std::unique_ptr<Group>> g = invalid_argument("not run");
+    EXPECT_NO_THROW(g = Group::create(c.client(), c.hosts(), go)) << staging;
+    EXPECT_TRUE(HasCode(g, StatusCode::kResourceExhausted)) << staging;
+    EXPECT_THAT(g.status().message(), HasSubstr("staging_bytes"));
+    const std::string endpoints[] = {"127.0.0.1:1"};
+    EXPECT_NO_THROW(g = Group::connect(c.client(), endpoints, go)) << staging;
+    EXPECT_TRUE(HasCode(g, StatusCode::kResourceExhausted)) << "connect, " << staging;
+  }
+  // Refused before any replica was touched: a group with sane options builds.
+  EXPECT_TRUE(IsOk(Group::create(c.client(), c.hosts(), c.group_options())));
+}
+
+TEST(ReplicaHostTest, ImpossibleRegionSizesAreErrorsAndNothingThrows) {
+  soft::Fabric fabric;
+  auto nic = must(fabric.create_nic(), "create_nic");
+  auto host = must(ReplicaHost::create(*nic, {.agent_thread = false}), "ReplicaHost::create");
+  Status s;
+  EXPECT_NO_THROW(s = host->register_tenant(1, kTiB));  // more than this machine's memory
+  EXPECT_TRUE(HasCode(s, StatusCode::kResourceExhausted));
+  EXPECT_THAT(s.message(), HasSubstr("memory"));
+  for (size_t size : {size_t{1} << 48, ~size_t{0} - 7}) {  // over the documented limit (2^47)
+    EXPECT_NO_THROW(s = host->register_tenant(2, size)) << size;
+    EXPECT_TRUE(HasCode(s, StatusCode::kInvalidArgument)) << size;
+  }
+  // Nothing was registered by the refusals; a possible size works.
+  EXPECT_TRUE(IsOk(host->register_tenant(1, 4096)));
+  EXPECT_TRUE(IsOk(host->register_tenant(2, 4096)));
+}
+
+TEST(SoftNicLimitsTest, ImpossibleTableAndRegionSizesAreErrorsAndNothingThrows) {
+  soft::Fabric fabric;
+  Result<std::unique_ptr<soft::Nic>> nic = invalid_argument("not run");
+  EXPECT_NO_THROW(nic = fabric.create_nic({.max_qp = UINT32_MAX}));
+  EXPECT_TRUE(HasCode(nic, StatusCode::kInvalidArgument));
+  EXPECT_NO_THROW(nic = fabric.create_nic({.max_qp = (1u << 24) + 1}));
+  EXPECT_TRUE(HasCode(nic, StatusCode::kInvalidArgument));
+  nic = fabric.create_nic();
+  ASSERT_TRUE(IsOk(nic));
+  auto pd = must((*nic)->alloc_pd(), "alloc_pd");
+  std::vector<std::byte> buf(64);
+  Result<std::unique_ptr<rnic::MemoryRegion>> mr = invalid_argument("not run");
+  EXPECT_NO_THROW(mr = pd->register_memory(buf.data(), size_t{1} << 41, rnic::kAccessLocalWrite));
+  EXPECT_TRUE(HasCode(mr, StatusCode::kInvalidArgument));
+}
+
 // ---- tenant isolation ---------------------------------------------------------------------------
 class IsolationTest : public ::testing::TestWithParam<ForwardMode> {};
 

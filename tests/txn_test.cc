@@ -112,6 +112,34 @@ TEST(TxnOptions, BadOptionsAreInvalidArgumentAndTouchNothing) {
   HL_EXPECT_OK(rig.try_open(rig.so()));
 }
 
+// Impossible sizes are errors, never exceptions: a tebibyte of the group's
+// staging used to throw std::bad_alloc out of Store::open (ASan aborted).
+TEST(TxnOptions, ImpossibleSizesAreErrorsAndNothingThrows) {
+  RigOptions ro;
+  ro.open = false;
+  Rig rig(ro);
+  Result<std::unique_ptr<Store>> r = invalid_argument("not run");
+  StoreOptions staging = rig.so();
+  staging.group.staging_bytes = size_t{1} << 40;
+  EXPECT_NO_THROW(r = rig.try_open(staging));
+  ASSERT_FALSE(r.is_ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kResourceExhausted) << r.status().to_string();
+  StoreOptions huge = rig.so();
+  huge.data_size = size_t{1} << 41;  // over the documented 2^40
+  EXPECT_NO_THROW(r = rig.try_open(huge));
+  ASSERT_FALSE(r.is_ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << r.status().to_string();
+  huge.data_size = size_t{1} << 40;  // allowed, but no replica holds such a region
+  huge.log_size = size_t{1} << 32;
+  EXPECT_NO_THROW(r = rig.try_open(huge));
+  ASSERT_FALSE(r.is_ok());
+  for (uint32_t i = 0; i < rig.n(); ++i) {
+    const auto reg = rig.region(i);
+    EXPECT_TRUE(AllBytesAre(reg.data(), reg.size(), 0)) << "replica " << i << " changed by a refused open";
+  }
+  HL_EXPECT_OK(rig.try_open(rig.so()));
+}
+
 // A region formatted with other options (same size) is kDataLoss, and the
 // refused open leaves it as it was.
 TEST(TxnOptions, SuperblockOfOtherOptionsIsDataLoss) {
