@@ -234,6 +234,7 @@ void Nic::Impl::retire(SoftQp* qp) {
   }
   if (progress) {
     qp->retry_left = qp->attr.retry_count;
+    qp->response_retry = false;
     if (qp->block == Block::kNone) schedule(qp);
   }
 }
@@ -684,12 +685,59 @@ void Nic::Impl::handle_response(SoftQp* qp, Packet* p) {
     free_packet(p);
     return;
   }
-  Outstanding& o = qp->out_at(qp->out_head);
-  if (o.done || !o.remote || o.psn != p->psn) {  // stale duplicate
-    ++stats.packets_dropped;
+  // Acknowledgements are cumulative, as in InfiniBand RC (coalesced ACKs;
+  // Linux rxe's completer, rxe_comp.c): responses come back in PSN order,
+  // so a response for PSN p also answers every SEND/WRITE before p, and a
+  // READ/atomic before p that has had no response has lost it. Walk the
+  // unanswered entries up to p.
+  bool lost_response = false;
+  bool matched = false;
+  bool acked = false;
+  for (uint32_t i = qp->out_head; i != qp->out_tail; ++i) {
+    Outstanding& e = qp->out_at(i);
+    if (!e.remote || e.done) continue;  // local entries, or answered already
+    if (e.psn == p->psn) {
+      matched = true;
+      break;
+    }
+    if (psn_before(p->psn, e.psn)) break;  // before every unanswered entry: a stale duplicate
+    if (is_read_or_atomic(e.opcode)) {
+      lost_response = true;
+      break;
+    }
+    e.done = true;  // a SEND/WRITE before p: implicitly acknowledged
+    acked = true;
+  }
+  // Complete what the response acknowledged; the head is then the entry it
+  // answers (or the READ/atomic whose response was lost).
+  if (acked) retire(qp);
+  if (lost_response && qp->state() == QpState::kRts) {
+    // Retransmit from the READ/atomic at the head (go-back-N), once per loss:
+    // the responses of the first transmission that are still on their way
+    // also point past it and must not restart the retry (rxe's started_retry).
+    if (!qp->response_retry) {
+      Outstanding& h = qp->out_at(qp->out_head);
+      if (qp->retry_left == 0) {
+        fail_entry(qp, h, kSyndromeTransportRetryExc);
+        free_packet(p);
+        retire(qp);
+        return;
+      }
+      --qp->retry_left;
+      ++stats.retransmits;
+      rewind(qp);
+      qp->response_retry = true;
+      schedule(qp);
+    }
     free_packet(p);
     return;
   }
+  if (!matched || qp->state() != QpState::kRts || !qp->out_size()) {
+    if (!acked) ++stats.packets_dropped;  // stale duplicate (or beyond what is outstanding)
+    free_packet(p);
+    return;
+  }
+  Outstanding& o = qp->out_at(qp->out_head);
   // Writes a response into the entry's local buffers, re-checking them (the
   // MR may have been deregistered while the request was in flight).
   auto scatter = [&](const std::byte* src, uint64_t len) -> bool {
@@ -841,6 +889,7 @@ void Nic::Impl::scan_timers() {
         --qp->retry_left;
         ++stats.retransmits;
         rewind(qp);
+        qp->response_retry = false;
         schedule(qp);
       }
     }

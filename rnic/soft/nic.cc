@@ -212,6 +212,7 @@ rnic::QpAddress SoftQp::address() const {
   a.nic_uid = nic->uid;
   a.qpn = number;
   a.key = key;
+  a.psn = nic->opts.first_psn;
   return encode_address(a);
 }
 
@@ -235,8 +236,8 @@ Status SoftQp::connect(const rnic::QpAddress& remote) {
   peer_key = peer.key;
   bound_conn.reset();
   peer_port = std::move(port);
-  expected_psn = 0;
-  next_psn = 0;
+  expected_psn = peer.psn;
+  next_psn = nic->opts.first_psn;
   st.store(QpState::kRtr, std::memory_order_release);
   return Status::ok();
 }
@@ -274,6 +275,7 @@ Status SoftQp::reset() {
   rq_retired.store(0);
   sq_ci = sq_enable = rq_ci = rq_enable = 0;
   out_head = out_tail = out_rd_atomic = 0;
+  response_retry = false;
   next_psn = expected_psn = 0;
   block = Block::kNone;
   error_pending = false;

@@ -20,7 +20,7 @@
 
 #include "hyperloop/pmem.h"
 #include "hyperloop/soft_rnic.h"
-#include "ring_queue.h"
+#include "wr_codec.h"
 
 namespace hyperloop::soft {
 
@@ -159,6 +159,7 @@ struct PeerAddress {
   uint64_t key = 0;    // that QP's key: its packets carry it
   uint32_t ipv4 = 0;   // network order; 0 if that fabric does not listen
   uint16_t port = 0;   // host order
+  uint32_t psn = 0;    // the first PSN that QP sends (24 bits): its peer expects it
 };
 rnic::QpAddress encode_address(const PeerAddress& a);
 bool decode_address(const rnic::QpAddress& blob, PeerAddress* out);
@@ -266,6 +267,7 @@ struct SoftQp final : rnic::QueuePair {
   uint32_t wait_index = 0;
   SoftCq* wait_cq = nullptr;
   bool error_pending = false;            // an error entry is queued; stop issuing
+  bool response_retry = false;           // rewound for a lost READ/atomic response; until progress or a timeout
   // Receive queue.
   AlignedBuffer rq_buf;
   mlx5::RecvRingView rq;

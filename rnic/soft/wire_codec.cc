@@ -287,6 +287,7 @@ rnic::QpAddress encode_address(const PeerAddress& a) {
   put16(p + 28, a.port);
   put16(p + 30, 0);
   put64(p + 32, a.key);
+  put32(p + 40, a.psn);
   blob.size = kAddrBytes;
   return blob;
 }
@@ -302,6 +303,8 @@ bool decode_address(const rnic::QpAddress& blob, PeerAddress* out) {
   a.ipv4 = htonl(get32(p + 24));
   a.port = get16(p + 28);
   a.key = get64(p + 32);
+  a.psn = get32(p + 40);
+  if (a.psn > kPsnMask) return false;
   if (a.nic_uid == 0 || a.qpn == 0 || a.key == 0 || (a.ipv4 == 0) != (a.port == 0)) return false;
   *out = a;
   return true;

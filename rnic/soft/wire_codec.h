@@ -110,10 +110,11 @@ struct Frame {
 DecodeError decode_frame(std::span<const std::byte> in, uint32_t max_payload, Frame* f, size_t* consumed);
 
 // QP addresses (the opaque rnic::QpAddress blob of a soft QP), same rules:
-// magic (bumped to "HLS2" when the key was added), fixed size, every field
-// little-endian, reserved bytes zero; decode_address (nic_impl.h) rejects
-// anything else, including a zero key, uid or QP number.
-inline constexpr uint32_t kAddrMagic = 0x484c5332;  // "HLS2"
-inline constexpr size_t kAddrBytes = 40;
+// magic (bumped to "HLS2" when the key was added, "HLS3" with the first
+// PSN), fixed size, every field little-endian, reserved bytes zero;
+// decode_address (nic_impl.h) rejects anything else, including a zero key,
+// uid or QP number and a PSN wider than 24 bits.
+inline constexpr uint32_t kAddrMagic = 0x484c5333;  // "HLS3"
+inline constexpr size_t kAddrBytes = 44;
 
 }  // namespace hyperloop::soft::wire
