@@ -1,12 +1,10 @@
 // Device-independent parts of the device interface: names, status mapping,
-// open_device dispatch, connect_pair.
+// connect_pair. (open_device, which must see the backends, is devices.cc.)
 #include "hyperloop/rnic.h"
 
 #include <time.h>
 
 #include <string>
-
-#include "hyperloop/soft_rnic.h"
 
 namespace hyperloop {
 
@@ -93,21 +91,6 @@ std::string_view qp_state_name(QpState s) {
   }
   return "?";
 }
-
-Result<std::unique_ptr<Device>> open_device(std::string_view name) {
-  if (name == "soft" || name.starts_with("soft:")) {
-    soft::NicOptions opts;
-    if (name.size() > 5) opts.name = std::string(name.substr(5));
-    auto nic = soft::default_fabric().create_nic(opts);
-    if (!nic.is_ok()) return nic.status();
-    soft::default_executor().add(**nic);
-    return std::unique_ptr<Device>(std::move(nic).value());
-  }
-  return not_found("no RNIC named '" + std::string(name) +
-                   "' (this build has: soft; rdma-core backends are not built in)");
-}
-
-std::vector<std::string> list_devices() { return {"soft"}; }
 
 Status connect_pair(QueuePair& a, QueuePair& b, uint32_t remote_access) {
   HL_RETURN_IF_ERROR(a.init(remote_access));

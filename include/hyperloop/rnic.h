@@ -269,7 +269,9 @@ class Device {
 
 // Opens a device by name (see the list at the top). "soft" makes a new
 // software NIC on the process's default in-process fabric, driven by the
-// process-wide default executor (one thread for all NICs).
+// process-wide default executor (one thread for all NICs). open_device and
+// list_devices are in the library hyperloop::devices (rnic/devices.cc), which
+// links every backend of the build; hyperloop::rnic itself has no backend.
 Result<std::unique_ptr<Device>> open_device(std::string_view name);
 // Names open_device accepts on this machine, "soft" first.
 std::vector<std::string> list_devices();

@@ -38,7 +38,7 @@
 #include <unordered_map>
 
 #include "fabric_impl.h"
-#include "hyperloop/internal/socket_io.h"
+#include "socket_io.h"
 #include "hyperloop/log.h"
 #include "wire_codec.h"
 

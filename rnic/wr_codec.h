@@ -1,5 +1,8 @@
-// Private to rnic/: what every backend with mlx5 rings shares (rnic/soft now,
-// rnic/mlx5 later): SendWr -> mlx5 WQE, wr_id bookkeeping, CQE -> WorkCompletion.
+// Private to rnic/: the work-request codec every backend with mlx5 rings
+// shares (rnic/soft now, rnic/mlx5 later): a structured SendWr becomes an
+// mlx5 WQE (build_send_wqe) and a CQE becomes a WorkCompletion
+// (to_work_completion), plus ring sizing helpers and page-aligned ring memory.
+// The byte layouts themselves are wqe_codec.cc (hyperloop/mlx5/wqe.h).
 #pragma once
 
 #include <cstdint>

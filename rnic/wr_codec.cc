@@ -1,4 +1,4 @@
-#include "ring_queue.h"
+#include "wr_codec.h"
 
 #include <cstdlib>
 #include <cstring>

@@ -1,6 +1,5 @@
-// hyperloop/internal/socket_io.h: blocking whole-buffer socket I/O shared by
-// the TCP wire (rnic/soft) and the control protocol (primitives). Not part of
-// the public API.
+// Private to rnic/soft: blocking whole-buffer socket I/O for the TCP wire
+// (tcp.cc). Not part of the public API, not installed.
 #pragma once
 
 #include <netinet/in.h>

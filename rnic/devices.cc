@@ -1,0 +1,32 @@
+// hyperloop::devices: open_device and list_devices, the by-name entry to the
+// backends. It lives in a library of its own that links every backend this
+// build has (rnic_soft now; rnic_verbs and rnic_mlx5 when rdma-core is found),
+// so hyperloop::rnic stays backend-free and no backend registers itself from
+// a static initializer (which the linker drops from a static library nobody
+// references): the dispatch below names each backend's entry explicitly.
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "hyperloop/rnic.h"
+#include "hyperloop/soft_rnic.h"
+
+namespace hyperloop::rnic {
+
+Result<std::unique_ptr<Device>> open_device(std::string_view name) {
+  if (name == "soft" || name.starts_with("soft:")) {
+    soft::NicOptions opts;
+    if (name.size() > 5) opts.name = std::string(name.substr(5));
+    auto nic = soft::default_fabric().create_nic(opts);
+    if (!nic.is_ok()) return nic.status();
+    soft::default_executor().add(**nic);
+    return std::unique_ptr<Device>(std::move(nic).value());
+  }
+  return not_found("no RNIC named '" + std::string(name) +
+                   "' (this build has: soft; rdma-core backends are not built in)");
+}
+
+std::vector<std::string> list_devices() { return {"soft"}; }
+
+}  // namespace hyperloop::rnic
