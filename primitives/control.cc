@@ -127,7 +127,7 @@ Status recv_all(int fd, std::span<std::byte> b, uint64_t deadline, const std::st
 // ---- in-process ----------------------------------------------------------------------
 class LocalControl final : public MemberControl {
  public:
-  explicit LocalControl(ReplicaHost& h) : h_(h) {}
+  explicit LocalControl(ReplicaHost& h) : h_(h), hold_(h) {}
   Result<MemberInfo> create(uint32_t t, uint32_t pos, uint32_t n, const GroupOptions& o) override {
     return create_member(h_, t, pos, n, o);
   }
@@ -139,6 +139,7 @@ class LocalControl final : public MemberControl {
 
  private:
   ReplicaHost& h_;
+  HostHold hold_;  // destroying the host before the Group is a lifetime error
 };
 
 // ---- over TCP: the client ----------------------------------------------------------------

@@ -2,11 +2,11 @@
 // (chain_format.h), sends it down the chain, completes operations in order as
 // the tail's acknowledgements arrive, and keeps credit so it never sends into
 // a slot that is not armed.
-#include <boost/intrusive/list.hpp>
 #include <cstring>
 #include <mutex>
 
 #include "control.h"
+#include "hyperloop/internal/memory_limits.h"
 
 namespace hyperloop::prim {
 
@@ -14,9 +14,32 @@ using namespace internal;
 using rnic::SendWr;
 using rnic::WrOpcode;
 
+namespace internal {
+// The in-flight operations, oldest first, linked through the Ops themselves
+// (no allocation per operation). Operations complete in issue order, so a
+// singly linked FIFO is all it takes.
+class OpQueue {
+ public:
+  bool empty() const { return head_ == nullptr; }
+  size_t size() const { return size_; }
+  Op& front() const { return *head_; }
+  Op& back() const { return *tail_; }
+  void push_back(Op& op);
+  void pop_front();
+  template <typename F>
+  bool any(F f) const;
+
+ private:
+  Op* head_ = nullptr;
+  Op* tail_ = nullptr;
+  size_t size_ = 0;
+};
+}  // namespace internal
+
 namespace {
+// nullptr if the memory cannot be had (nothing throws).
 std::byte* aligned64(std::vector<std::byte>& v, size_t bytes) {
-  v.assign(bytes + 64, std::byte{0});
+  if (!::hyperloop::internal::assign_or_exhausted(v, bytes + 64, std::byte{0}, "").is_ok()) return nullptr;
   return reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t{63});
 }
 }  // namespace
@@ -49,7 +72,7 @@ struct Group::Impl {
   uint64_t next_seq = 0;
   uint64_t completed = 0;
   uint64_t credit = 0;  // min over replicas of their armed slot counter
-  boost::intrusive::list<Op> inflight;
+  OpQueue inflight;
   size_t stage_head = 0, stage_tail = 0;  // free-running byte positions
   bool broken = false;
   Status broken_status;
@@ -77,9 +100,48 @@ struct Group::Impl {
   Status issue(Op& op, Kind kind, std::span<const std::byte> payload, uint64_t offset, FillEntry fill,
                uint64_t memcpy_len = 0);
   bool conflicts(uint64_t lo, uint64_t hi, bool is_write) const;
+  // What an issue call returns; a refusal is also recorded in the Op (unless
+  // it is still in flight from an earlier issue), so wait() returns it at once.
+  Status settle(Op& op, Status s) {
+    if (s.is_ok()) return s;
+    std::lock_guard<std::mutex> l(mu);
+    if (!op.linked_) {
+      op.status_ = s;
+      op.group_ = this;
+      op.done_.store(true, std::memory_order_release);
+    }
+    return s;
+  }
   Status wait_conflicts(uint64_t lo, uint64_t hi, bool is_write, uint64_t deadline);
   size_t ranged_inflight = 0;  // in-flight ops with ranges
 };
+
+void OpQueue::push_back(Op& op) {
+  op.next_ = nullptr;
+  op.linked_ = true;
+  if (tail_)
+    tail_->next_ = &op;
+  else
+    head_ = &op;
+  tail_ = &op;
+  ++size_;
+}
+
+void OpQueue::pop_front() {
+  Op* op = head_;
+  head_ = op->next_;
+  if (!head_) tail_ = nullptr;
+  op->next_ = nullptr;
+  op->linked_ = false;
+  --size_;
+}
+
+template <typename F>
+bool OpQueue::any(F f) const {
+  for (const Op* op = head_; op; op = op->next_)
+    if (f(*op)) return true;
+  return false;
+}
 
 // True if an operation on [lo, hi) could take effect out of order with an
 // in-flight one: their bytes overlap and exactly one of them is a gWRITE
@@ -87,12 +149,12 @@ struct Group::Impl {
 // region after it). REQUIRES: mu held.
 bool Group::Impl::conflicts(uint64_t lo, uint64_t hi, bool is_write) const {
   if (ranged_inflight == 0) return false;
-  for (const Op& op : inflight) {
-    if (op.write_ranges_ == is_write) continue;
+  return inflight.any([&](const Op& op) {
+    if (op.write_ranges_ == is_write) return false;
     for (uint8_t r = 0; r < op.ranges_; ++r)
       if (lo < op.hi_[r] && op.lo_[r] < hi) return true;
-  }
-  return false;
+    return false;
+  });
 }
 
 // Polls until nothing in flight conflicts with [lo, hi). REQUIRES: mu held.
@@ -165,6 +227,9 @@ Status Group::Impl::build() {
   acks = aligned64(ack_store, ack_stride * S);
   staging = aligned64(staging_store, o.staging_bytes);
   small = aligned64(small_store, kSmallBytes);
+  if (!msg || !acks || !staging || !small)
+    return Status(StatusCode::kResourceExhausted,
+                  "no memory for the group's buffers (staging_bytes " + std::to_string(o.staging_bytes) + ")");
   HL_ASSIGN_OR_RETURN(msg_mr, pd->register_memory(msg, msg_stride * S, 0));
   HL_ASSIGN_OR_RETURN(ack_mr, pd->register_memory(acks, ack_stride * S, rnic::kAccessLocalWrite));
   HL_ASSIGN_OR_RETURN(staging_mr, pd->register_memory(staging, o.staging_bytes, 0));
@@ -276,7 +341,7 @@ Status Group::Impl::refresh_credit(uint64_t deadline) {
 
 // Waits (polling) for a free, armed slot. REQUIRES: mu held.
 Status Group::Impl::acquire(Op& op, uint64_t deadline) {
-  if (op.is_linked()) return invalid_argument("this Op is still in flight");
+  if (op.linked_) return invalid_argument("this Op is still in flight");
   while (!broken) {
     if (next_seq - completed < o.slots) {
       if (next_seq < credit) return Status::ok();
@@ -358,6 +423,7 @@ Status Group::Impl::issue(Op& op, Kind kind, std::span<const std::byte> payload,
   }
   op.done_.store(false, std::memory_order_relaxed);
   op.status_ = Status::ok();
+  op.group_ = this;
   op.is_cas_ = kind == Kind::kCas;
   op.replicas_ = n;
   op.seq_ = seq;
@@ -392,6 +458,8 @@ Status check_options(const GroupOptions& o, size_t replicas) {
   if (o.rearm_batch == 0 || o.rearm_batch > o.slots) return invalid_argument("rearm_batch must be in [1, slots]");
   if (o.region_size == 0 || o.region_size % 8) return invalid_argument("region_size must be a positive multiple of 8");
   if (o.staging_bytes == 0) return invalid_argument("staging_bytes must be positive");
+  // Before anything is allocated: more staging than this machine has.
+  HL_RETURN_IF_ERROR(::hyperloop::internal::check_fits_in_memory(o.staging_bytes, "GroupOptions::staging_bytes"));
   return Status::ok();
 }
 }  // namespace
@@ -437,67 +505,75 @@ Status check_range(const Group& g, uint64_t offset, uint64_t len, const char* wh
 }  // namespace
 
 Status Group::write(Op& op, uint64_t offset, std::span<const std::byte> bytes) {
-  HL_RETURN_IF_ERROR(check_range(*this, offset, bytes.size(), "gWRITE"));
-  if (bytes.size() > impl_->o.staging_bytes) return invalid_argument("gWRITE: payload larger than staging_bytes");
-  std::lock_guard<std::mutex> l(impl_->mu);
-  auto& g = *impl_;
-  const uint32_t len = uint32_t(bytes.size());
-  return g.issue(op, Impl::Kind::kWrite, bytes, offset, [&](std::byte* e, uint32_t i) {
-    if (i + 1 < g.n)
-      entry_forward_write(e, g.members[i].region_addr + offset, g.members[i].region_lkey,
-                          g.members[i + 1].region_addr + offset, g.members[i + 1].region_rkey, len);
-  });
+  return impl_->settle(op, [&]() -> Status {
+    HL_RETURN_IF_ERROR(check_range(*this, offset, bytes.size(), "gWRITE"));
+    if (bytes.size() > impl_->o.staging_bytes) return invalid_argument("gWRITE: payload larger than staging_bytes");
+    std::lock_guard<std::mutex> l(impl_->mu);
+    auto& g = *impl_;
+    const uint32_t len = uint32_t(bytes.size());
+    return g.issue(op, Impl::Kind::kWrite, bytes, offset, [&](std::byte* e, uint32_t i) {
+      if (i + 1 < g.n)
+        entry_forward_write(e, g.members[i].region_addr + offset, g.members[i].region_lkey,
+                            g.members[i + 1].region_addr + offset, g.members[i + 1].region_rkey, len);
+    });
+  }());
 }
 
 Status Group::cas(Op& op, uint64_t offset, uint64_t compare, uint64_t swap, uint32_t mask) {
-  HL_RETURN_IF_ERROR(check_range(*this, offset, 8, "gCAS"));
-  if (offset % 8) return invalid_argument("gCAS: offset must be 8-byte aligned");
-  if ((mask & ((1u << impl_->n) - 1)) == 0 || (mask >> impl_->n))
-    return invalid_argument("gCAS: execute_mask must name replicas 0.." + std::to_string(impl_->n - 1));
-  std::lock_guard<std::mutex> l(impl_->mu);
-  auto& g = *impl_;
-  HL_RETURN_IF_ERROR(g.issue(op, Impl::Kind::kCas, {}, offset, [&](std::byte* e, uint32_t i) {
-    if (mask & (1u << i))
-      entry_local_cas(e, g.members[i].region_addr + offset, g.members[i].region_rkey, compare, swap);
-  }));
-  op.ranges_ = 1;
-  op.lo_[0] = offset;
-  op.hi_[0] = offset + 8;
-  ++g.ranged_inflight;
-  return Status::ok();
+  return impl_->settle(op, [&]() -> Status {
+    HL_RETURN_IF_ERROR(check_range(*this, offset, 8, "gCAS"));
+    if (offset % 8) return invalid_argument("gCAS: offset must be 8-byte aligned");
+    if ((mask & ((1u << impl_->n) - 1)) == 0 || (mask >> impl_->n))
+      return invalid_argument("gCAS: execute_mask must name replicas 0.." + std::to_string(impl_->n - 1));
+    std::lock_guard<std::mutex> l(impl_->mu);
+    auto& g = *impl_;
+    HL_RETURN_IF_ERROR(g.issue(op, Impl::Kind::kCas, {}, offset, [&](std::byte* e, uint32_t i) {
+      if (mask & (1u << i))
+        entry_local_cas(e, g.members[i].region_addr + offset, g.members[i].region_rkey, compare, swap);
+    }));
+    op.ranges_ = 1;
+    op.lo_[0] = offset;
+    op.hi_[0] = offset + 8;
+    ++g.ranged_inflight;
+    return Status::ok();
+  }());
 }
 
 Status Group::memcpy(Op& op, uint64_t src, uint64_t dst, uint64_t len) {
-  HL_RETURN_IF_ERROR(check_range(*this, src, len, "gMEMCPY source"));
-  HL_RETURN_IF_ERROR(check_range(*this, dst, len, "gMEMCPY destination"));
-  if (src < dst + len && dst < src + len) return invalid_argument("gMEMCPY: source and destination overlap");
-  std::lock_guard<std::mutex> l(impl_->mu);
-  auto& g = *impl_;
-  HL_RETURN_IF_ERROR(g.issue(
-      op, Impl::Kind::kMemcpy, {}, dst,
-      [&](std::byte* e, uint32_t i) {
-        const auto& m = g.members[i];
-        entry_local_write(e, m.region_addr + src, m.region_lkey, m.region_addr + dst, m.region_rkey, uint32_t(len));
-      },
-      len));
-  op.ranges_ = 2;
-  op.lo_[0] = src;
-  op.hi_[0] = src + len;
-  op.lo_[1] = dst;
-  op.hi_[1] = dst + len;
-  ++g.ranged_inflight;
-  return Status::ok();
+  return impl_->settle(op, [&]() -> Status {
+    HL_RETURN_IF_ERROR(check_range(*this, src, len, "gMEMCPY source"));
+    HL_RETURN_IF_ERROR(check_range(*this, dst, len, "gMEMCPY destination"));
+    if (src < dst + len && dst < src + len) return invalid_argument("gMEMCPY: source and destination overlap");
+    std::lock_guard<std::mutex> l(impl_->mu);
+    auto& g = *impl_;
+    HL_RETURN_IF_ERROR(g.issue(
+        op, Impl::Kind::kMemcpy, {}, dst,
+        [&](std::byte* e, uint32_t i) {
+          const auto& m = g.members[i];
+          entry_local_write(e, m.region_addr + src, m.region_lkey, m.region_addr + dst, m.region_rkey, uint32_t(len));
+        },
+        len));
+    op.ranges_ = 2;
+    op.lo_[0] = src;
+    op.hi_[0] = src + len;
+    op.lo_[1] = dst;
+    op.hi_[1] = dst + len;
+    ++g.ranged_inflight;
+    return Status::ok();
+  }());
 }
 
 Status Group::flush(Op& op, uint64_t offset, uint64_t len) {
-  HL_RETURN_IF_ERROR(check_range(*this, offset, len, "gFLUSH"));
-  std::lock_guard<std::mutex> l(impl_->mu);
-  auto& g = *impl_;
-  // A 1-byte READ served by each replica's NIC: the hardware-safe flush.
-  return g.issue(op, Impl::Kind::kFlush, {}, 0, [&](std::byte* e, uint32_t i) {
-    const auto& m = g.members[i];
-    entry_local_read(e, m.ctrl_addr + kScratchOffset, m.ctrl_lkey, m.region_addr + offset, m.region_rkey, 1);
-  });
+  return impl_->settle(op, [&]() -> Status {
+    HL_RETURN_IF_ERROR(check_range(*this, offset, len, "gFLUSH"));
+    std::lock_guard<std::mutex> l(impl_->mu);
+    auto& g = *impl_;
+    // A 1-byte READ served by each replica's NIC: the hardware-safe flush.
+    return g.issue(op, Impl::Kind::kFlush, {}, 0, [&](std::byte* e, uint32_t i) {
+      const auto& m = g.members[i];
+      entry_local_read(e, m.ctrl_addr + kScratchOffset, m.ctrl_lkey, m.region_addr + offset, m.region_rkey, 1);
+    });
+  }());
 }
 
 Status Group::read(uint32_t replica, uint64_t offset, std::span<std::byte> dst) {
@@ -531,6 +607,10 @@ size_t Group::poll() {
 }
 
 Status Group::wait(Op& op, uint64_t timeout_ns) {
+  {
+    std::lock_guard<std::mutex> l(impl_->mu);
+    if (op.linked_ && op.group_ != impl_.get()) return invalid_argument("wait: the Op is in flight on another group");
+  }
   const uint64_t start = timeout_ns == UINT64_MAX ? 0 : impl_->now();
   for (uint64_t turn = 1; !op.done(); ++turn) {
     poll();

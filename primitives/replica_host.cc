@@ -7,11 +7,15 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <thread>
 
 #include "control.h"
+#include "host_access.h"
+#include "hyperloop/internal/memory_limits.h"
 #include "hyperloop/log.h"
 
 namespace hyperloop::prim {
@@ -42,6 +46,7 @@ struct ReplicaHost::Impl {
   std::atomic<uint64_t> rearmed{0};
   std::atomic<uint64_t> forwarded{0};
   std::atomic<uint64_t> broken_total{0};
+  std::atomic<int64_t> holds{0};  // HostHolds on this host
 
   void run_agent(ReplicaHost* host);
   size_t serve(Member& m);
@@ -83,7 +88,7 @@ constexpr uint64_t kOutPerSlot = 2;
 // ---- member creation and connection ---------------------------------------------
 Result<MemberInfo> internal::create_member(ReplicaHost& host, uint32_t tenant_id, uint32_t pos, uint32_t n,
                                            const GroupOptions& o) {
-  auto* h = host.impl();
+  auto* h = HostAccess::impl(host);
   std::lock_guard<std::mutex> l(h->mu);
   auto it = h->tenants.find(tenant_id);
   if (it == h->tenants.end())
@@ -172,7 +177,7 @@ Result<MemberInfo> internal::create_member(ReplicaHost& host, uint32_t tenant_id
 
 Status internal::connect_member(ReplicaHost& host, uint32_t tenant, const rnic::QpAddress& prev,
                                 const rnic::QpAddress& next, const rnic::QpAddress& client_ctrl) {
-  auto* h = host.impl();
+  auto* h = HostAccess::impl(host);
   std::lock_guard<std::mutex> l(h->mu);
   auto it = h->tenants.find(tenant);
   if (it == h->tenants.end() || !it->second->member) return not_found("no member for tenant");
@@ -285,7 +290,7 @@ Status post_cpu_recv(Member& m, uint64_t seq) {
 }  // namespace
 
 Status internal::start_member(ReplicaHost& host, uint32_t tenant) {
-  auto* h = host.impl();
+  auto* h = HostAccess::impl(host);
   std::lock_guard<std::mutex> l(h->mu);
   auto it = h->tenants.find(tenant);
   if (it == h->tenants.end() || !it->second->member) return not_found("no member for tenant");
@@ -299,7 +304,7 @@ Status internal::start_member(ReplicaHost& host, uint32_t tenant) {
 }
 
 void internal::drop_member(ReplicaHost& host, uint32_t tenant) {
-  auto* h = host.impl();
+  auto* h = HostAccess::impl(host);
   std::unique_ptr<Member> gone;
   {
     std::lock_guard<std::mutex> l(h->mu);
@@ -559,7 +564,30 @@ Result<std::unique_ptr<ReplicaHost>> ReplicaHost::create(rnic::Device& device, c
   return host;
 }
 
+HostHold::HostHold(ReplicaHost& host) : host_(&host) {
+  HostAccess::impl(host)->holds.fetch_add(1, std::memory_order_relaxed);
+}
+HostHold& HostHold::operator=(HostHold&& o) noexcept {
+  if (this != &o) {
+    HostHold gone(std::move(*this));
+    host_ = o.host_;
+    o.host_ = nullptr;
+  }
+  return *this;
+}
+HostHold::~HostHold() {
+  if (host_) HostAccess::impl(*host_)->holds.fetch_sub(1, std::memory_order_acq_rel);
+}
+
 ReplicaHost::~ReplicaHost() {
+  if (const int64_t held = impl_->holds.load(std::memory_order_acquire); held > 0) {
+    std::fprintf(stderr,
+                 "hyperloop: a ReplicaHost is destroyed while %lld Group(s)/Store(s) built on it still hold it; "
+                 "destroy every Group and txn::Store built on a host before the host (hyperloop/primitives.h, "
+                 "ReplicaHost lifetime). Aborting.\n",
+                 static_cast<long long>(held));
+    std::abort();
+  }
   impl_->control.reset();  // no control session may touch members from here on
   {
     std::lock_guard<std::mutex> fl(impl_->freeze_mu);
@@ -575,6 +603,13 @@ rnic::Device& ReplicaHost::device() { return *impl_->device; }
 Status ReplicaHost::register_tenant(uint32_t tenant, size_t region_size, const std::string& pmem_path,
                                     std::string_view secret) {
   if (region_size == 0 || region_size % 8) return invalid_argument("region_size must be a positive multiple of 8");
+  // Impossible sizes are refused before anything is allocated (nothing throws).
+  if (region_size > PersistentMemory::kMaxSize)
+    return invalid_argument("region_size " + std::to_string(region_size) + " is over the limit of " +
+                            std::to_string(PersistentMemory::kMaxSize) + " bytes");
+  if (pmem_path.empty())
+    HL_RETURN_IF_ERROR(::hyperloop::internal::check_fits_in_memory(region_size + 64, "the region of tenant " +
+                                                                                        std::to_string(tenant)));
   std::lock_guard<std::mutex> l(impl_->mu);
   if (impl_->tenants.count(tenant))
     return Status(StatusCode::kAlreadyExists, "tenant " + std::to_string(tenant) + " is already registered");
@@ -587,7 +622,8 @@ Status ReplicaHost::register_tenant(uint32_t tenant, size_t region_size, const s
     HL_ASSIGN_OR_RETURN(t->pmem, PersistentMemory::open(pmem_path, region_size));
     t->region = t->pmem->data();
   } else {
-    t->region_storage.assign(region_size + 64, std::byte{0});
+    HL_RETURN_IF_ERROR(::hyperloop::internal::assign_or_exhausted(t->region_storage, region_size + 64, std::byte{0},
+                                                                  "the region of tenant " + std::to_string(tenant)));
     t->region = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(t->region_storage.data()) + 63) & ~uintptr_t{63});
   }
   HL_ASSIGN_OR_RETURN(t->region_mr, t->pd->register_memory(t->region, region_size, rnic::kAccessAll));
@@ -623,7 +659,7 @@ void internal::append_metric(std::string* out, std::string_view name, std::strin
 }
 
 std::string internal::host_metrics_text(const ReplicaHost& host, const ControlStats& c) {
-  auto* impl_ = host.impl();
+  auto* impl_ = HostAccess::impl(host);
   size_t tenants = 0, members = 0, broken = 0;
   {
     std::lock_guard<std::mutex> l(impl_->mu);
@@ -659,7 +695,7 @@ std::string internal::host_metrics_text(const ReplicaHost& host, const ControlSt
 }
 
 Result<std::string> internal::tenant_secret(ReplicaHost& host, uint32_t tenant) {
-  auto* h = host.impl();
+  auto* h = HostAccess::impl(host);
   std::lock_guard<std::mutex> l(h->mu);
   auto it = h->tenants.find(tenant);
   if (it == h->tenants.end())
@@ -669,10 +705,19 @@ Result<std::string> internal::tenant_secret(ReplicaHost& host, uint32_t tenant) 
   return it->second->secret;
 }
 
-void ReplicaHost::power_fail() {
+void ReplicaHost::power_fail() { (void)power_fail(PowerFailOptions{}); }
+
+size_t ReplicaHost::power_fail(const PowerFailOptions& options) {
   std::lock_guard<std::mutex> l(impl_->mu);
+  size_t kept = 0;
   for (auto& [id, t] : impl_->tenants)
-    if (t->pmem) t->pmem->power_fail();
+    if (t->pmem) {
+      PowerFailOptions o = options;
+      o.seed ^= (uint64_t(id) + 1) * 0x9E3779B97F4A7C15ull;  // tenants tear differently
+      kept += t->pmem->power_fail(o);
+      t->pmem->release();  // the host is down: a restart may open the file
+    }
+  return kept;
 }
 
 void ReplicaHost::freeze() {

@@ -49,9 +49,8 @@
 #include <string_view>
 #include <vector>
 
-#include <boost/intrusive/list_hook.hpp>
-
 #include "hyperloop/clock.h"
+#include "hyperloop/pmem.h"
 #include "hyperloop/rnic.h"
 #include "hyperloop/status.h"
 
@@ -93,9 +92,21 @@ struct ReplicaHostOptions {
   bool agent_thread = true;
 };
 
-// Completion state of one operation. The caller owns it; it must stay alive
-// and unmoved until done() (or until the Group is destroyed).
-class Op : public boost::intrusive::list_base_hook<> {
+namespace internal {
+class OpQueue;
+}
+
+// Completion state of one operation. The caller owns it.
+// Lifetime: from a successful issue (write/cas/memcpy/flush returned OK) until
+// done(), the Op must stay alive and unmoved, or the Group must be destroyed
+// first (its destructor completes every pending Op with kAborted). An Op is
+// then reused for the next operation.
+// States: never issued: done() and status() kFailedPrecondition; refused
+// (the issue returned an error): done() and status() that error; pending:
+// !done(); complete: done() and the outcome. Group::wait returns at once for
+// anything but a pending Op. (The in-flight queue is intrusive: two words
+// here instead of an allocation per operation.)
+class Op {
  public:
   Op() = default;
   Op(const Op&) = delete;
@@ -110,8 +121,12 @@ class Op : public boost::intrusive::list_base_hook<> {
 
  private:
   friend class Group;
-  std::atomic<bool> done_{false};
-  Status status_;
+  friend class internal::OpQueue;
+  Op* next_ = nullptr;           // the group's in-flight queue
+  const void* group_ = nullptr;  // the group it was last issued on (null: never)
+  bool linked_ = false;          // in that queue
+  std::atomic<bool> done_{true};
+  Status status_ = Status(StatusCode::kFailedPrecondition, "this Op was never issued");
   bool is_cas_ = false;
   uint8_t ranges_ = 0;       // byte ranges that order later operations
   bool write_ranges_ = false;  // the ranges are a gWRITE's
@@ -157,6 +172,30 @@ struct ControlStats {
 };
 
 class ReplicaHost;
+namespace internal {
+struct HostAccess;  // primitives/host_access.h: the library's own way in
+}  // namespace internal
+
+// A hold on a ReplicaHost, taken by everything that keeps a pointer to it
+// (a Group built with create() holds each of its hosts; a txn::Store each
+// host it was opened or recovered with). Destroying a host while a hold on
+// it exists is a lifetime error: the destructor prints which and aborts,
+// instead of leaving a dangling pointer behind (a use-after-free later).
+// Movable; thread-safe.
+class HostHold {
+ public:
+  HostHold() = default;
+  explicit HostHold(ReplicaHost& host);
+  HostHold(HostHold&& o) noexcept : host_(o.host_) { o.host_ = nullptr; }
+  HostHold& operator=(HostHold&& o) noexcept;
+  HostHold(const HostHold&) = delete;
+  HostHold& operator=(const HostHold&) = delete;
+  ~HostHold();
+  ReplicaHost* host() const { return host_; }
+
+ private:
+  ReplicaHost* host_ = nullptr;
+};
 
 class Group {
  public:
@@ -174,7 +213,7 @@ class Group {
                                                const GroupOptions& options);
   // The same chain over replica hosts in other processes or hosts: each
   // replica is a hyperloop-replica daemon's control endpoint "ipv4:port"
-  // (examples/replica_daemon.cc). client_device must be a soft NIC whose
+  // (tools/replica_daemon.cc). client_device must be a soft NIC whose
   // fabric listens (soft::Fabric::listen) so the chain's QPs reach it.
   // options.secret authenticates the client for options.tenant on each daemon;
   // each step of the set-up is bounded by options.control_timeout_ns. While the
@@ -229,6 +268,10 @@ class Group {
 class ReplicaHost {
  public:
   // A replica machine on `device` (which must outlive it).
+  // Lifetime: every Group and txn::Store built on a host must be destroyed
+  // before it (they hold a HostHold; destroying a held host aborts with a
+  // message). Remote clients (Group::connect) need nothing of the kind: the
+  // host drops their members when it goes.
   static Result<std::unique_ptr<ReplicaHost>> create(rnic::Device& device,
                                                      const ReplicaHostOptions& options = {});
   ~ReplicaHost();
@@ -261,8 +304,15 @@ class ReplicaHost {
   std::string metrics_text() const;
 
   // Fault: this host loses power. Every persistent region drops what was not
-  // made durable (pair it with soft::Nic::crash() of the host's NIC).
+  // made durable (pair it with soft::Nic::crash() of the host's NIC); with
+  // options.tear, each region first keeps a seeded subset of its unflushed
+  // lines and words (pmem.h; the seed is mixed with the tenant id). The host
+  // is down from then on: its files are released (PersistentMemory::release)
+  // so that a new host, the restart, can open them; this object only stays
+  // for the pointers others still hold.
+  // Returns the unflushed words the tearing kept, over every region.
   void power_fail();
+  size_t power_fail(const PowerFailOptions& options);
 
   // Stops / restarts the host's application threads (the agent): for tests
   // that prove the NICs alone carry operations. freeze() returns once the
@@ -294,10 +344,10 @@ class ReplicaHost {
   };
   Result<TenantAccess> tenant_access(uint32_t tenant) const;
 
-  struct Impl;
-  Impl* impl() const { return impl_.get(); }
 
  private:
+  friend struct internal::HostAccess;
+  struct Impl;
   explicit ReplicaHost(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
