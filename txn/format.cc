@@ -9,9 +9,9 @@ namespace hyperloop::txn::internal {
 
 namespace {
 
-constexpr uint64_t kFormatMagic = 0x3130'4e58'544c'4848ull;  // "HHLTXN01"
-constexpr uint64_t kRecordMagic = 0x4443'4552'4c48'0001ull;
-constexpr uint64_t kHeadMagic = 0x4441'4548'4c48'0001ull;
+constexpr uint64_t kFormatMagic = 0x3230'4e58'544c'4848ull;  // "HHLTXN02"
+constexpr uint64_t kRecordMagic = 0x4443'4552'4c48'0002ull;
+constexpr uint64_t kHeadMagic = 0x4441'4548'4c48'0002ull;
 constexpr size_t kChecksumWord = 4;  // the record header's checksum is word 4
 
 uint64_t mix64(uint64_t x) {
@@ -39,19 +39,34 @@ uint64_t checksum(const std::byte* p, size_t bytes, size_t skip) {
   return mix64(h);
 }
 
+// The format block: the layout, the store's identity (a random 128-bit id
+// chosen when it was formatted) and the replica count it runs on.
 struct Format {
-  uint64_t magic, data_size, log_size, stripe, stripes, region, reserved, check;
+  uint64_t magic, data_size, log_size, stripe, stripes, region;
+  uint64_t id_hi, id_lo, replicas;
+  uint64_t reserved[6];
+  uint64_t check;
 };
-static_assert(sizeof(Format) == 64);
+static_assert(sizeof(Format) == kFormatBytes);
+constexpr size_t kFormatCheckWord = 15;
 
-Format make_format(const Layout& lay) {
-  Format f{kFormatMagic, lay.data_size, lay.log_size, lay.stripe, lay.stripes, lay.region, 0, 0};
-  f.check = checksum(reinterpret_cast<const std::byte*>(&f), sizeof f, 7);
+Format make_format(const Layout& lay, const StoreId& id, uint32_t replicas) {
+  Format f{};
+  f.magic = kFormatMagic;
+  f.data_size = lay.data_size;
+  f.log_size = lay.log_size;
+  f.stripe = lay.stripe;
+  f.stripes = lay.stripes;
+  f.region = lay.region;
+  f.id_hi = id.hi;
+  f.id_lo = id.lo;
+  f.replicas = replicas;
+  f.check = checksum(reinterpret_cast<const std::byte*>(&f), sizeof f, kFormatCheckWord);
   return f;
 }
 
 enum class FormatState { kBlank, kValid, kOther, kTorn };
-FormatState read_format(const Layout& lay, std::span<const std::byte> image) {
+FormatState read_format(const Layout& lay, std::span<const std::byte> image, Format* out) {
   Format f;
   std::memcpy(&f, image.data(), sizeof f);
   if (f.magic != kFormatMagic) {
@@ -59,15 +74,22 @@ FormatState read_format(const Layout& lay, std::span<const std::byte> image) {
       if (image[i] != std::byte{0}) return FormatState::kTorn;
     return FormatState::kBlank;
   }
-  if (f.check != checksum(image.data(), sizeof f, 7)) return FormatState::kTorn;
-  const Format want = make_format(lay);
-  return std::memcmp(&f, &want, sizeof f) == 0 ? FormatState::kValid : FormatState::kOther;
+  if (f.check != checksum(image.data(), sizeof f, kFormatCheckWord)) return FormatState::kTorn;
+  *out = f;
+  const bool same = f.data_size == lay.data_size && f.log_size == lay.log_size && f.stripe == lay.stripe &&
+                    f.stripes == lay.stripes && f.region == lay.region;
+  return same ? FormatState::kValid : FormatState::kOther;
 }
 
 bool read_head(std::span<const std::byte> image, uint32_t slot, Head& h) {
   std::memcpy(&h, image.data() + head_slot_offset(slot), sizeof h);
-  return h.lsn != 0 && h.check == make_head(h.lsn, h.pos).check;
+  return h.lsn != 0 && h.epoch != 0 && h.check == make_head(h.lsn, h.pos, h.epoch).check;
 }
+// Heads are ordered by LSN, then by epoch (a recovery that replayed nothing
+// writes the LSN of the head before it, under a new epoch).
+bool newer(const Head& a, const Head& b) { return a.lsn != b.lsn ? a.lsn > b.lsn : a.epoch > b.epoch; }
+
+std::string id_text(const StoreId& id) { return id.to_string(); }
 
 }  // namespace
 
@@ -100,7 +122,19 @@ Status check_data_range(const Layout& lay, uint64_t offset, uint64_t len, const 
   return Status::ok();
 }
 
-Head make_head(uint64_t lsn, uint64_t pos) { return {lsn, pos, mix64(kHeadMagic ^ mix64(lsn) ^ (pos * 31))}; }
+Head make_head(uint64_t lsn, uint64_t pos, uint64_t epoch) {
+  return {lsn, pos, epoch, mix64(kHeadMagic ^ mix64(lsn) ^ (pos * 31) ^ mix64(epoch ^ 0xE90C4ull))};
+}
+
+bool read_identity(std::span<const std::byte> image, StoreId* id, uint32_t* replicas) {
+  if (image.size() < kFormatBytes) return false;
+  Format f;
+  std::memcpy(&f, image.data(), sizeof f);
+  if (f.magic != kFormatMagic || f.check != checksum(image.data(), sizeof f, kFormatCheckWord)) return false;
+  *id = {f.id_hi, f.id_lo};
+  *replicas = uint32_t(f.replicas);
+  return true;
+}
 
 std::vector<Extent> coalesce(std::span<const std::pair<uint64_t, std::span<const std::byte>>> writes) {
   std::vector<std::pair<uint64_t, uint64_t>> spans;
@@ -160,19 +194,21 @@ Result<Record> build_record(const Layout& lay, size_t staging_bytes, const std::
   return r;
 }
 
-void seal_record(Record& rec, uint64_t lsn, uint64_t txn) {
+void seal_record(Record& rec, uint64_t lsn, uint64_t txn, uint64_t epoch) {
   std::byte* p = rec.bytes.data();
   store(p + 8, lsn);
   store(p + 16, txn);
+  store(p + 40, epoch);
   store(p + rec.bytes.size() - 8, lsn ^ kCommitMagic);
   store(p + 8 * kChecksumWord, checksum(p, rec.bytes.size(), kChecksumWord));
 }
 
-size_t valid_record(const Layout& lay, std::span<const std::byte> image, uint64_t pos, uint64_t lsn) {
+size_t valid_record(const Layout& lay, std::span<const std::byte> image, uint64_t pos, uint64_t lsn,
+                    uint64_t epoch) {
   const size_t phys = pos % lay.log_size;
   if (phys + kRecordHeader + 8 > lay.log_size) return 0;
   const std::byte* p = image.data() + lay.log_off + phys;
-  if (load(p) != kRecordMagic || load(p + 8) != lsn) return 0;
+  if (load(p) != kRecordMagic || load(p + 8) != lsn || load(p + 40) != epoch) return 0;
   const uint64_t sizes = load(p + 24);
   const size_t bytes = uint32_t(sizes), n = sizes >> 32;
   if (bytes % kAlign || bytes < kRecordHeader + 8 || phys + bytes > lay.log_size || n == 0 || n > kMaxRanges)
@@ -191,22 +227,49 @@ size_t valid_record(const Layout& lay, std::span<const std::byte> image, uint64_
   return bytes;
 }
 
-Result<Plan> plan_recovery(const Layout& lay, const std::vector<std::vector<std::byte>>& images) {
+Result<Plan> plan_recovery(const Layout& lay, const std::vector<std::vector<std::byte>>& images,
+                           const PlanInput& in) {
   Plan plan;
   const size_t n = images.size();
-  // The reference: the formatted replica with the newest durable head.
-  Head best{};
-  uint32_t best_slot = 0;
+  // Identity first: which replicas belong to this store. A replica in
+  // reseed_mask counts as blank, whatever it holds.
+  std::vector<bool> member(n, false);
+  std::vector<Format> fmt(n);
+  StoreId id = in.expect;
   for (size_t i = 0; i < n; ++i) {
-    const FormatState f = read_format(lay, images[i]);
+    if (in.reseed_mask & (1u << i)) continue;
+    const FormatState f = read_format(lay, images[i], &fmt[i]);
     if (f == FormatState::kOther)
       return Status(StatusCode::kDataLoss, "replica " + std::to_string(i) +
                                                " holds a store formatted with other sizes (data_size, log_size, "
-                                               "stripe_bytes) than these options");
+                                               "stripe_bytes) than these options (re-seed it explicitly to "
+                                               "overwrite it)");
     if (f != FormatState::kValid) continue;
+    const StoreId its{fmt[i].id_hi, fmt[i].id_lo};
+    if (id.is_zero()) id = its;
+    if (its != id) {
+      std::string who;
+      for (size_t j = 0; j < i; ++j)
+        if (member[j]) who += (who.empty() ? "" : ", ") + std::to_string(j);
+      return Status(StatusCode::kDataLoss,
+                    "replica " + std::to_string(i) + " holds store " + id_text(its) + ", not store " + id_text(id) +
+                        (in.expect.is_zero() ? " (held by replica " + who + ")" : " (the one this client recovered)") +
+                        ": a region of another store is never taken as a lagging replica (re-seed it explicitly "
+                        "to overwrite it)");
+    }
+    member[i] = true;
+  }
+  // The reference: the member with the newest durable head.
+  Head best{};
+  uint32_t best_slot = 0;
+  uint64_t max_epoch = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (!member[i]) continue;
     for (uint32_t slot = 0; slot < 2; ++slot) {
       Head h;
-      if (read_head(images[i], slot, h) && (plan.reference < 0 || h.lsn > best.lsn)) {
+      if (!read_head(images[i], slot, h)) continue;
+      max_epoch = std::max(max_epoch, h.epoch);
+      if (plan.reference < 0 || newer(h, best)) {
         best = h;
         best_slot = slot;
         plan.reference = int(i);
@@ -214,17 +277,30 @@ Result<Plan> plan_recovery(const Layout& lay, const std::vector<std::vector<std:
     }
   }
   if (plan.reference < 0) {  // a blank store (or a format that never became durable)
+    plan.id = id.is_zero() ? in.fresh_id : id;
+    plan.formatted = true;
     plan.target.assign(lay.region, std::byte{0});
-    const Format f = make_format(lay);
+    const Format f = make_format(lay, plan.id, uint32_t(n));
     std::memcpy(plan.target.data(), &f, sizeof f);
-    const Head h = make_head(1, 0);
+    const Head h = make_head(1, 0, 1);
     std::memcpy(plan.target.data() + head_slot_offset(0), &h, sizeof h);
     plan.head_lsn = 1;
     plan.head_pos = 0;
     plan.head_slot = 0;
+    plan.epoch = 1;
     return plan;
   }
+  const Format& ref = fmt[size_t(plan.reference)];
+  if (ref.replicas != n && !in.allow_resize)
+    return failed_precondition("store " + id_text(id) + " runs on " + std::to_string(ref.replicas) +
+                               " replicas; recovering it on " + std::to_string(n) +
+                               " would change its chain (allow it explicitly: RecoveryOptions::allow_resize)");
+  plan.id = id;
   plan.target = images[size_t(plan.reference)];
+  {
+    const Format f = make_format(lay, id, uint32_t(n));
+    std::memcpy(plan.target.data(), &f, sizeof f);
+  }
 
   // Replay: the next LSN from whichever replica holds it intact.
   std::vector<bool> touched(lay.stripes, false);
@@ -239,7 +315,7 @@ Result<Plan> plan_recovery(const Layout& lay, const std::vector<std::vector<std:
         at = pos + (lay.log_size - pos % lay.log_size);  // the record skipped the ring's end
       }
       for (size_t i = 0; i < n && !bytes; ++i)
-        if ((bytes = valid_record(lay, images[i], at, lsn))) from = &images[i];
+        if (member[i] && (bytes = valid_record(lay, images[i], at, lsn, best.epoch))) from = &images[i];
     }
     if (!bytes || at + bytes - best.pos > lay.log_size) break;
     const std::byte* p = from->data() + lay.log_off + at % lay.log_size;
@@ -272,7 +348,8 @@ Result<Plan> plan_recovery(const Layout& lay, const std::vector<std::vector<std:
   plan.head_lsn = lsn;
   plan.head_pos = pos;
   plan.head_slot = best_slot ^ 1;
-  const Head h = make_head(lsn, pos);
+  plan.epoch = max_epoch + 1;
+  const Head h = make_head(lsn, pos, plan.epoch);
   std::memcpy(plan.target.data() + head_slot_offset(plan.head_slot), &h, sizeof h);
   return plan;
 }

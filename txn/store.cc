@@ -2,7 +2,13 @@
 // the layout, the protocol and the recovery rule).
 #include "hyperloop/txn.h"
 
+#include <sys/random.h>
+
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <mutex>
@@ -13,6 +19,7 @@
 #include <vector>
 
 #include "format.h"
+#include "hyperloop/internal/memory_limits.h"
 
 namespace hyperloop::txn {
 
@@ -42,6 +49,8 @@ struct Store::Impl {
   Layout lay;
   rnic::Device* device = nullptr;
   std::vector<prim::ReplicaHost*> hosts;  // open(): local hosts
+  std::vector<prim::HostHold> holds;      // on each of them (lifetime rule)
+  std::atomic<int64_t> active_txns{0};    // begun, not finished (lifetime rule)
   std::vector<std::string> endpoints;     // connect(): daemons
 
   // life: shared by every call, exclusive for recover() (which replaces the group).
@@ -63,10 +72,14 @@ struct Store::Impl {
   uint64_t applied_lsn = 1;       // records below it are applied on every replica
   uint64_t applied_pos = 0;
   uint32_t head_slot_next = 0;
+  StoreId id;          // of the last successful recovery
+  uint64_t epoch = 0;  // carried by every record and head written since it
   std::deque<std::unique_ptr<InFlight>> applying;  // in LSN order
   std::unique_ptr<prim::Op[]> head_ops;  // [0] gFLUSH of applied data, [1] gWRITE of the head, [2] its gFLUSH
-  bool head_in_flight = false;
-  uint64_t head_pending_pos = 0;
+  // Truncation in progress: the data flush, then the head write and its flush.
+  enum class HeadStage { kNone, kDataFlush, kHead };
+  HeadStage head_stage = HeadStage::kNone;
+  uint64_t head_pending_lsn = 0, head_pending_pos = 0;
   StoreStats stats;
 
   uint64_t now() const { return now_ns(o.group.clock); }
@@ -78,7 +91,32 @@ struct Store::Impl {
   }
 
   Status make_group();
-  Status recover_locked();
+  Status recover_locked(const RecoveryOptions& how);
+  Status recover_steps(const RecoveryOptions& how, std::deque<prim::Op>& ops);
+  // A wait for stripes that outlived lock_timeout_ns. Stripes are only ever
+  // held by this store's own operations in the chain, so: if the chain
+  // completed some since the wait began (completed0), the stripes were taken
+  // again and again: contention, kAborted (returned as such). If it
+  // completed none, every replica is asked for 8 bytes over its direct line
+  // (bounded by the NIC's retry timer and op_timeout_ns): a replica that
+  // does not answer is kUnavailable (never "conflict" while a replica is
+  // dead: the transaction could not succeed if run again); if all answer,
+  // the chain is alive but slow (its forwarders busy or frozen): kAborted.
+  // REQUIRES: mu not held.
+  Status waited_too_long(const char* what, uint64_t completed0) {
+    if (group->completed() != completed0 || group->in_flight() == 0)
+      return Status(StatusCode::kAborted, "contention");
+    std::byte probe[8];
+    for (uint32_t r = 0; r < group->replicas(); ++r)
+      if (Status st = group->read(r, 0, probe); !st.is_ok()) {
+        std::lock_guard<std::mutex> l(mu);
+        break_locked(std::string(what) + ": replica " + std::to_string(r) + " did not answer: " + st.to_string());
+        return unavailable(std::string(what) + ": waited lock_timeout_ns for the chain, which completed nothing, "
+                           "and replica " + std::to_string(r) + " does not answer (" + st.to_string() +
+                           "); the store needs recover()");
+      }
+    return Status(StatusCode::kAborted, "a slow chain");
+  }
   Status commit(std::vector<Transaction::Write>& writes, std::vector<Transaction::Read>& reads);
   Status read(uint64_t offset, std::span<std::byte> dst, std::vector<Transaction::Read>& reads);
   Status validate_locked(const std::vector<Transaction::Read>& reads) const;
@@ -91,10 +129,8 @@ struct Store::Impl {
     if (healthy) broken_reason = std::move(why);
     healthy = false;
   }
-  uint32_t read_replica() const {
-    const uint32_t n = group->replicas();
-    return o.read_replica < 0 || uint32_t(o.read_replica) >= n ? n - 1 : uint32_t(o.read_replica);
-  }
+  // Checked against the chain at every recovery (never a silent fallback).
+  uint32_t read_replica() const { return o.read_replica < 0 ? group->replicas() - 1 : uint32_t(o.read_replica); }
 };
 
 // ---- Transaction ----------------------------------------------------------------------------
@@ -112,7 +148,7 @@ Transaction& Transaction::operator=(Transaction&& t) noexcept {
 Transaction::~Transaction() { abort(); }
 
 void Transaction::abort() {
-  store_ = nullptr;
+  if (Store* s = std::exchange(store_, nullptr)) s->impl_->active_txns.fetch_sub(1, std::memory_order_acq_rel);
   writes_.clear();
   reads_.clear();
 }
@@ -154,7 +190,9 @@ Status Transaction::commit() {
   auto reads = std::move(reads_);
   writes_.clear();
   reads_.clear();
-  return s->impl_->commit(writes, reads);
+  Status st = s->impl_->commit(writes, reads);
+  s->impl_->active_txns.fetch_sub(1, std::memory_order_acq_rel);
+  return st;
 }
 
 // ---- reads -------------------------------------------------------------------------------------
@@ -170,11 +208,14 @@ Status Store::Impl::read(uint64_t offset, std::span<std::byte> dst, std::vector<
   const size_t count = s1 - s0 + 1;
   std::vector<uint64_t> want(count), before(count), after(count);
   const uint64_t deadline = now() + o.lock_timeout_ns;
+  const uint64_t completed0 = group->completed();
   uint64_t wait_lsn = 0;
   std::string last_seen = "nothing read";
   for (bool first = true;; first = false) {
     if (!first) {
       if (now() > deadline) {
+        const Status w = waited_too_long("read", completed0);
+        if (w.code() != StatusCode::kAborted) return w;
         std::lock_guard<std::mutex> l(mu);
         ++stats.aborts;
         return Status(StatusCode::kAborted, "read: stripes " + std::to_string(s0) + ".." + std::to_string(s1) +
@@ -292,6 +333,7 @@ Status Store::Impl::commit(std::vector<Transaction::Write>& writes, std::vector<
 
   const uint64_t lock_deadline = now() + o.lock_timeout_ns;
   const uint64_t space_deadline = now() + o.group.op_timeout_ns;
+  const uint64_t completed0 = group->completed();
   bool waited = false;
   std::unique_lock<std::mutex> l(mu);
   for (;;) {
@@ -322,6 +364,10 @@ Status Store::Impl::commit(std::vector<Transaction::Write>& writes, std::vector<
       if (!waited) ++stats.lock_waits;
       waited = true;
       if (now() > lock_deadline) {
+        l.unlock();
+        const Status w = waited_too_long("commit", completed0);
+        l.lock();
+        if (w.code() != StatusCode::kAborted) return w;
         ++stats.aborts;
         return Status(StatusCode::kAborted, "commit: a stripe of the write set stayed locked by another "
                                             "transaction for lock_timeout_ns");
@@ -341,7 +387,7 @@ Status Store::Impl::commit(std::vector<Transaction::Write>& writes, std::vector<
   applying.push_back(std::move(owned));
   fl->end_pos = rec.pos + rec.bytes.size();
   tail_pos = fl->end_pos;
-  seal_record(rec, fl->lsn, txn_id);
+  seal_record(rec, fl->lsn, txn_id, epoch);
   record_at = lay.log_off + rec.pos % lay.log_size;
   Status st;
   for (size_t k = 0; k < stripes.size() && st.is_ok(); ++k) {
@@ -434,36 +480,55 @@ void Store::Impl::reap_locked() {
   truncate_locked(false);
 }
 
-// Truncation: writes the head {applied_lsn, applied_pos} into the next head
-// slot and flushes it; the space before it is reused only once that flush is
-// acknowledged. `force`: even for a little space. REQUIRES: mu.
+// Truncation: once the data the skipped records wrote is durable on every
+// replica (a gFLUSH of the data area, acknowledged), the head {applied_lsn,
+// applied_pos} goes into the next head slot and is flushed; the space before
+// it is reused only once that flush is acknowledged. Two round trips, not one
+// pipelined three-op burst: a gWRITE's bytes land on a replica before its
+// slot runs there (primitives.h), so a head issued right behind the data
+// flush could reach replica 0's memory before that flush ran on it, and a
+// power failure that keeps the (unflushed) head line but not the unflushed
+// data would lose acknowledged commits. `force`: even for a little space.
+// REQUIRES: mu.
 void Store::Impl::truncate_locked(bool force) {
-  if (head_in_flight) {
+  if (head_stage == HeadStage::kDataFlush) {
+    if (!head_ops[0].done()) return;
+    if (!head_ops[0].status().is_ok()) {
+      break_locked("log head write: " + head_ops[0].status().to_string());
+      return;
+    }
+    const Head h = make_head(head_pending_lsn, head_pending_pos, epoch);
+    const uint64_t at = head_slot_offset(head_slot_next);
+    Status s = group->write(head_ops[1], at, as_bytes(h));
+    if (s.is_ok()) s = group->flush(head_ops[2], at, sizeof h);
+    if (!s.is_ok()) {
+      break_locked("log head write: " + s.to_string());
+      return;
+    }
+    head_slot_next ^= 1;
+    head_stage = HeadStage::kHead;
+    return;
+  }
+  if (head_stage == HeadStage::kHead) {
     if (!head_ops[2].done()) return;
-    head_in_flight = false;
-    for (int k = 0; k < 3; ++k)
+    for (int k = 1; k < 3; ++k)
       if (!head_ops[k].status().is_ok()) {
         break_locked("log head write: " + head_ops[k].status().to_string());
         return;
       }
+    head_stage = HeadStage::kNone;
     durable_head_pos = head_pending_pos;
     ++stats.truncations;
   }
   if (!healthy || applied_pos == durable_head_pos) return;
   if (!force && applied_pos - durable_head_pos < lay.log_size / 4) return;
-  const Head h = make_head(applied_lsn, applied_pos);
-  const uint64_t at = head_slot_offset(head_slot_next);
-  // The applied data is made durable before the head that skips its records.
-  Status s = group->flush(head_ops[0], lay.data_off, lay.data_size);
-  if (s.is_ok()) s = group->write(head_ops[1], at, as_bytes(h));
-  if (s.is_ok()) s = group->flush(head_ops[2], at, sizeof h);
-  if (!s.is_ok()) {
+  if (Status s = group->flush(head_ops[0], lay.data_off, lay.data_size); !s.is_ok()) {
     break_locked("log head write: " + s.to_string());
     return;
   }
-  head_slot_next ^= 1;
+  head_pending_lsn = applied_lsn;
   head_pending_pos = applied_pos;
-  head_in_flight = true;
+  head_stage = HeadStage::kDataFlush;
 }
 
 // ---- the group and recovery --------------------------------------------------------------
@@ -479,27 +544,69 @@ Status Store::Impl::make_group() {
 }
 
 // REQUIRES: life held exclusively (no other call inside), mu not held.
-Status Store::Impl::recover_locked() {
+namespace {
+// A fresh store id from the kernel's CSPRNG.
+Result<StoreId> fresh_store_id() {
+  uint64_t w[2] = {0, 0};
+  for (size_t got = 0; got < sizeof w;) {
+    const ssize_t r = ::getrandom(reinterpret_cast<char*>(w) + got, sizeof w - got, 0);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return unavailable(std::string("getrandom: ") + std::strerror(errno));
+    }
+    got += size_t(r);
+  }
+  if (w[0] == 0 && w[1] == 0) w[1] = 1;  // zero means "no id"
+  return StoreId{w[0], w[1]};
+}
+}  // namespace
+
+// REQUIRES: life held exclusively (no other call inside), mu not held.
+Status Store::Impl::recover_locked(const RecoveryOptions& how) {
   {
     std::lock_guard<std::mutex> l(mu);
     break_locked("recovery did not finish");
   }
-  // The old group goes first (the Ops it may still use go after it).
+  // The old group goes first (the Ops it may still use go after it): its
+  // members are dropped on every replica before anything is read.
   group.reset();
   applying.clear();
-  head_in_flight = false;
+  head_stage = HeadStage::kNone;
+  const size_t count = hosts.empty() ? endpoints.size() : hosts.size();
+  if (o.read_replica >= 0 && size_t(o.read_replica) >= count)
+    return invalid_argument("StoreOptions::read_replica " + std::to_string(o.read_replica) + " is not a position of a " +
+                            std::to_string(count) + "-replica chain");
+  // The recovery's own operations live here; on any failure the group that
+  // may still use them goes before them.
+  std::deque<prim::Op> ops;
+  Status s = recover_steps(how, ops);
+  if (!s.is_ok()) group.reset();
+  return s;
+}
+
+Status Store::Impl::recover_steps(const RecoveryOptions& how, std::deque<prim::Op>& ops) {
   HL_RETURN_IF_ERROR(make_group());
   const uint32_t n = group->replicas();
 
-  std::vector<std::vector<std::byte>> image(n, std::vector<std::byte>(lay.region));
+  // Every replica's region is read: refused (nothing throws) if n of them do not fit.
+  std::vector<std::vector<std::byte>> image(n);
+  if (lay.region > SIZE_MAX / n) return Status(StatusCode::kResourceExhausted, "recovery: regions too large");
+  HL_RETURN_IF_ERROR(::hyperloop::internal::check_fits_in_memory(n * lay.region, "recovery: the replicas' regions"));
+  for (auto& im : image)
+    HL_RETURN_IF_ERROR(::hyperloop::internal::assign_or_exhausted(im, lay.region, std::byte{0}, "recovery"));
   for (uint32_t i = 0; i < n; ++i) HL_RETURN_IF_ERROR(group->read(i, 0, image[i]));
-  Result<Plan> plan_or = plan_recovery(lay, image);
+  PlanInput in;
+  in.expect = id;
+  in.reseed_mask = how.reseed_mask;
+  in.allow_resize = how.allow_resize;
+  if (id.is_zero()) {
+    HL_ASSIGN_OR_RETURN(in.fresh_id, fresh_store_id());
+  }
+  Result<Plan> plan_or = plan_recovery(lay, image, in);
   if (!plan_or.is_ok()) return plan_or.status();
   const Plan& plan = plan_or.value();
-
   // Data, lock table and format first, flushed; then the head that skips the
   // replayed records. A crash in between replays them again (idempotent).
-  std::deque<prim::Op> ops;
   uint64_t resynced = 0;
   const size_t chunk = std::min(kChunk, o.group.staging_bytes);
   auto sync = [&](uint64_t lo, uint64_t hi) -> Status {
@@ -533,6 +640,8 @@ Status Store::Impl::recover_locked() {
   applied_lsn = plan.head_lsn;
   tail_pos = durable_head_pos = applied_pos = plan.head_pos;
   head_slot_next = plan.head_slot ^ 1;
+  id = plan.id;
+  epoch = plan.epoch;
   ++stats.recoveries;
   stats.replayed_records += plan.replayed;
   if (plan.reference >= 0) stats.resynced_bytes += resynced_replicas;
@@ -544,6 +653,13 @@ Status Store::Impl::recover_locked() {
 // ---- Store --------------------------------------------------------------------------------------
 Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Store::~Store() {
+  if (const int64_t active = impl_ ? impl_->active_txns.load(std::memory_order_acquire) : 0; active > 0) {
+    std::fprintf(stderr,
+                 "hyperloop: a txn::Store is destroyed while %lld of its Transactions are unfinished; commit, abort "
+                 "or drop every Transaction before its Store (hyperloop/txn.h, Lifetime). Aborting.\n",
+                 static_cast<long long>(active));
+    std::abort();
+  }
   // The group first: it may still use the Ops of in-flight commits.
   if (impl_) impl_->group.reset();
 }
@@ -570,7 +686,10 @@ Result<std::unique_ptr<Store>> Store::open(rnic::Device& client, std::span<prim:
                                            const StoreOptions& options) {
   if (replicas.empty()) return invalid_argument("Store::open: no replicas");
   HL_ASSIGN_OR_RETURN(auto impl, new_impl(client, options));
+  for (auto* h : replicas)
+    if (!h) return invalid_argument("Store::open: null replica host");
   impl->hosts.assign(replicas.begin(), replicas.end());
+  for (auto* h : replicas) impl->holds.emplace_back(*h);
   return start(std::move(impl));
 }
 
@@ -585,13 +704,14 @@ Result<std::unique_ptr<Store>> Store::connect(rnic::Device& client, std::span<co
 // The store over its first group, recovered (or formatted).
 Result<std::unique_ptr<Store>> Store::start(std::unique_ptr<Impl> impl) {
   std::unique_ptr<Store> s(new Store(std::move(impl)));
-  HL_RETURN_IF_ERROR(s->impl_->recover_locked());
+  HL_RETURN_IF_ERROR(s->impl_->recover_locked(s->impl_->o.recovery));
   return s;
 }
 
 Transaction Store::begin() {
   Transaction t;
   t.store_ = this;
+  impl_->active_txns.fetch_add(1, std::memory_order_relaxed);
   return t;
 }
 
@@ -606,13 +726,24 @@ Status Store::read(uint64_t offset, std::span<std::byte> dst) {
   }
 }
 
-Status Store::recover(std::span<prim::ReplicaHost* const> replicas) {
+Status Store::recover(std::span<prim::ReplicaHost* const> replicas, const RecoveryOptions& how) {
   std::unique_lock<std::shared_mutex> life_lock(impl_->life);
   if (!replicas.empty()) {
     if (impl_->hosts.empty()) return invalid_argument("recover: this store was connected to daemons");
+    for (auto* h : replicas)
+      if (!h) return invalid_argument("recover: null replica host");
+    if (replicas.size() != impl_->hosts.size() && !how.allow_resize)
+      return failed_precondition("recover: " + std::to_string(replicas.size()) + " hosts for a store on " +
+                                 std::to_string(impl_->hosts.size()) +
+                                 " replicas would change its chain (allow it explicitly: "
+                                 "RecoveryOptions::allow_resize)");
+    // The old group (which holds the old hosts) goes before the holds do.
+    impl_->group.reset();
     impl_->hosts.assign(replicas.begin(), replicas.end());
+    impl_->holds.clear();
+    for (auto* h : replicas) impl_->holds.emplace_back(*h);
   }
-  return impl_->recover_locked();
+  return impl_->recover_locked(how);
 }
 
 void Store::poll() {
@@ -637,11 +768,22 @@ Status Store::drain() {
       std::lock_guard<std::mutex> l(im.mu);
       if (!im.healthy) return im.refuse_locked();
       im.reap_locked();
-      if (im.applying.empty() && !im.head_in_flight) return Status::ok();
+      if (im.applying.empty() && im.head_stage == Impl::HeadStage::kNone) return Status::ok();
     }
     im.group->poll();
     im.turn();
   }
+}
+
+StoreId Store::id() const {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  return impl_->id;
+}
+
+std::string StoreId::to_string() const {
+  char b[40];
+  std::snprintf(b, sizeof b, "%016llx%016llx", static_cast<unsigned long long>(hi), static_cast<unsigned long long>(lo));
+  return b;
 }
 
 bool Store::healthy() const {

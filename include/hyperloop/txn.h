@@ -7,8 +7,9 @@
 // commit path.
 //
 // ---- Layout of the tenant's region (identical on every replica) ------------
-//   [0, 4 KiB)             superblock: format (magic, sizes, checksum) and
-//                          two log-head slots {lsn, pos, check}, written
+//   [0, 4 KiB)             superblock: the format block (magic, sizes, the
+//                          store's id, its replica count, checksum) and two
+//                          log-head slots {lsn, pos, epoch, check}, written
 //                          alternately so a torn head write is never used
 //   [4 KiB, +log_size)     the redo log, a ring of 64-byte-aligned records
 //   [.., +8 * stripes)     the lock table: one 8-byte word per stripe of
@@ -17,11 +18,15 @@
 // Store::region_bytes(options) is the size to register_tenant() with.
 //
 // ---- A redo record --------------------------------------------------------
-//   header {magic, ranges, lsn, txn, bytes, checksum}, a range table
+//   header {magic, lsn, txn, bytes|ranges, checksum, epoch}, a range table
 //   {offset, len} per range, the new bytes of every range, and last a commit
 //   marker (lsn ^ kCommitMagic). The checksum covers everything but itself;
 //   a record counts only if its checksum holds, its marker is present and it
-//   carries the LSN the log expects at that position.
+//   carries the LSN the log expects at that position and the epoch of the
+//   head the scan started from. (Every recovery starts a new epoch, one
+//   above any head's; so a record left past the end of one recovery's
+//   replay, never acknowledged, cannot come back in a later one behind
+//   records written since, even where the ring lines them up.)
 //
 // ---- A lock word ------------------------------------------------------------
 //   bit 63 locked, bits 48..62 the owner's tag, bits 0..47 the stripe's version
@@ -44,8 +49,10 @@
 //      to the data area, gCAS unlock of every stripe (version + 1). Later
 //      operations of the store reap these. Once a quarter of the log is
 //      applied everywhere its space is released (truncation): a gFLUSH makes
-//      the applied data durable, then the new head is written to the
-//      superblock with gWRITE + gFLUSH, and only then is the space reused.
+//      the applied data durable and, once it is acknowledged (not pipelined
+//      behind it: a gWRITE's bytes may land before earlier slots run), the
+//      new head is written to the superblock with gWRITE + gFLUSH; only then
+//      is the space reused.
 //      (The data needs no flush per commit: until the head moves past its
 //      record, recovery replays it from the log.)
 //   The order differs from "log, then lock" on purpose: with the locks decided
@@ -67,7 +74,14 @@
 //   client's table holds (else it is read again).
 //
 // ---- Recovery (Store::open and Store::recover) ------------------------------
-//   Every replica's superblock, lock table and log is read. The replica with
+//   The previous group goes first (Store::recover). Every replica's
+//   superblock, lock table and log is read. Identity: every formatted replica
+//   must hold the same store (the id of the client's last recovery, or on a
+//   first open the one id the replicas agree on) with the same sizes, else
+//   kDataLoss naming the replica (RecoveryOptions::reseed_mask overrides it:
+//   that replica is then overwritten like a blank one); and the replica
+//   count must be the one in the format block (RecoveryOptions::allow_resize
+//   overrides it). A blank store is formatted with a fresh id. The replica with
 //   the newest durable log head is the reference; any other replica whose data
 //   area or lock table differs from it (a lagging or replaced replica) is
 //   overwritten with the reference's bytes. Then the log is scanned from the
@@ -94,10 +108,17 @@
 //   kUnavailable       the chain broke (a replica or link died, a timeout):
 //                      for commit() the outcome is IN DOUBT (the transaction
 //                      may or may not be durable); the store refuses new work
-//                      until recover() succeeds
+//                      until recover() succeeds. Also what a read or commit
+//                      gets, within lock_timeout_ns, when it waits for this
+//                      store's own operations and the chain completes none of
+//                      them in that time (a dead replica or link: not a
+//                      conflict, so not kAborted; the store then needs recover())
 //   kDataLoss          replicas hold lock words the client did not put there
 //                      (outcome in doubt, recover() needed), or recovery found
-//                      a superblock that does not match the options
+//                      a superblock that does not match the options or a
+//                      replica of another store (the message names it)
+//   kFailedPrecondition recovery on another replica count than the store's
+//                      (RecoveryOptions::allow_resize)
 //   kDeadlineExceeded  as kUnavailable (an operation timed out)
 //   plus the errors of Group::create / Group::connect from open/recover.
 //
@@ -105,6 +126,15 @@
 //   A Store is thread-safe: many threads may run transactions at once (each
 //   its own Transaction). A Transaction is used by one thread at a time.
 //   recover() waits until no other call is inside the store.
+//
+// ---- Lifetime ----------------------------------------------------------------
+//   The client device and every ReplicaHost a Store was opened or recovered
+//   with outlive it (it holds each host: prim::HostHold; destroying a held
+//   host aborts with a message). Every unfinished Transaction is finished
+//   (committed, aborted or dropped) before its Store is destroyed; a Store
+//   destroyed with unfinished ones aborts with a message instead of leaving
+//   them a dangling pointer. A Store holds no pointer into the caller's
+//   buffers after a call returns.
 #pragma once
 
 #include <cstddef>
@@ -120,6 +150,29 @@
 
 namespace hyperloop::txn {
 
+// A store's identity: 128 random bits drawn (getrandom) when it is formatted,
+// kept in the format block of every replica's superblock. Recovery takes a
+// replica into the chain only if it holds this store (or nothing at all).
+struct StoreId {
+  uint64_t hi = 0, lo = 0;
+  bool is_zero() const { return hi == 0 && lo == 0; }
+  bool operator==(const StoreId&) const = default;
+  std::string to_string() const;  // 32 hex digits
+};
+
+// What a recovery may do beyond the safe default. Each is an explicit
+// decision of the caller; without it recovery refuses and says why.
+struct RecoveryOptions {
+  // Chain positions (bit i: replica i) whose region is overwritten with the
+  // store's state whatever it holds now: a region of another store (a
+  // different StoreId) or of other sizes. Without the bit such a region is
+  // kDataLoss naming the replica, and nothing is written anywhere.
+  uint32_t reseed_mask = 0;
+  // Run on a different number of replicas than the store was formatted or
+  // last recovered with. Without it that is kFailedPrecondition.
+  bool allow_resize = false;
+};
+
 struct StoreOptions {
   uint32_t tenant = 0;
   size_t data_size = 256 << 10;   // bytes of the data area
@@ -127,8 +180,11 @@ struct StoreOptions {
   uint32_t stripe_bytes = 256;    // bytes one lock word covers (power of two, >= 8)
   uint64_t lock_timeout_ns = 20'000'000;  // waiting for a stripe held by another transaction
   // Read stripes from this replica (chain position); -1: the tail, the
-  // replica that acknowledges last.
+  // replica that acknowledges last. A position outside the chain is
+  // kInvalidArgument at open/connect/recover (never silently the tail).
   int read_replica = -1;
+  // For the recovery that Store::open / Store::connect run.
+  RecoveryOptions recovery;
   // The group underneath (mode, slots, staging, op_timeout, clock, progress).
   // group.tenant and group.region_size are set by the store.
   prim::GroupOptions group;
@@ -218,7 +274,15 @@ class Store {
   // Rebuilds the chain (a new group: after a replica or link failure, or with
   // `replicas` replaced by restarted hosts, same order) and runs recovery as
   // open() does. Waits for calls in other threads to leave the store.
-  Status recover(std::span<prim::ReplicaHost* const> replicas = {});
+  // Before recovery reads or writes anything, the previous group is gone:
+  // its members are dropped on every replica it could reach (QPs destroyed,
+  // slots disarmed) and a member that could not be dropped blocks a new
+  // member for the tenant on its host, so no operation of an old group (or
+  // of a failed recovery) takes effect after a recovery succeeded. A count
+  // of hosts other than the store's replica count is kFailedPrecondition
+  // unless how.allow_resize; a region of another store is kDataLoss unless
+  // its position is in how.reseed_mask.
+  Status recover(std::span<prim::ReplicaHost* const> replicas = {}, const RecoveryOptions& how = {});
 
   // Takes completions of applied transactions (releasing their log space).
   // Every call into the store does this; call it when otherwise idle.
@@ -227,6 +291,8 @@ class Store {
   Status drain();
 
   bool healthy() const;
+  // The store's identity (zero until a recovery succeeded).
+  StoreId id() const;
   size_t data_size() const;
   uint32_t replicas() const;
   StoreStats stats() const;
