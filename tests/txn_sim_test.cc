@@ -1376,7 +1376,7 @@ class Sim {
     ++tot_.cold_restarts;
     note("cold restart: power failure of every host, new client");
     for (uint32_t i = 0; i < kReplicas; ++i) {
-      host_[i]->power_fail();
+      tot_.torn_words += host_[i]->power_fail(tear(1000 + tot_.cold_restarts, i));  // after a drain: little to tear
       nic_[i]->crash();
       power_lost_[i] = nic_dead_[i] = true;
     }
