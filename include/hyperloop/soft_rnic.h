@@ -44,12 +44,16 @@ inline uint64_t steady_now_ns() { return monotonic_ns(); }
 
 struct NicOptions {
   std::string name;                    // default: "soft<uid>"
-  uint32_t max_qp = 4096;
+  uint32_t max_qp = 4096;              // at most 2^24 (QP numbers are 24 bits)
   uint32_t max_cq = 4096;
   uint32_t max_mr = 65536;
   uint64_t ack_timeout_ns = 20'000'000;   // transport retry timer (20 ms)
   uint64_t rnr_delay_ns = 10'000;         // wait before retrying after RNR NAK
   uint32_t max_outstanding = 128;         // requests in flight per QP
+  // The PSN every QP of this NIC sends first (24 bits), carried in its
+  // address to the peer. IB lets each QP choose it; tests start near 2^24 to
+  // cross the PSN wrap-around.
+  uint32_t first_psn = 0;
 };
 
 // Counters for tests and benchmarks. Read with Nic::stats().
@@ -174,8 +178,9 @@ class Fabric {
   // A snapshot of the TCP wire's counters. Thread-safe.
   WireStats wire_stats() const;
 
+  // Opaque: defined and used only inside rnic/soft (declared here, not
+  // private, because the engine's own free functions name it).
   struct Impl;
-  Impl* impl() const { return impl_.get(); }
 
  private:
   std::unique_ptr<Impl> impl_;
@@ -213,8 +218,8 @@ class Nic : public rnic::Device {
   Result<std::unique_ptr<rnic::ProtectionDomain>> alloc_pd() override;
   Result<std::unique_ptr<rnic::CompletionQueue>> create_cq(const rnic::CqAttr& attr) override;
 
+  // Opaque, as Fabric::Impl.
   struct Impl;
-  Impl* impl() const { return impl_.get(); }
 
  private:
   friend class Fabric;

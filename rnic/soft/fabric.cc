@@ -83,8 +83,11 @@ Fabric::~Fabric() { tcp_shutdown(impl_.get()); }
 Result<std::unique_ptr<Nic>> Fabric::create_nic(NicOptions options) {
   if (options.max_qp == 0 || options.max_cq == 0 || options.max_mr < 2)
     return invalid_argument("NicOptions: max_qp, max_cq must be > 0 and max_mr >= 2");
+  // The QP table is allocated here: at most as many QPs as 24-bit QP numbers.
+  if (options.max_qp > (1u << 24)) return invalid_argument("NicOptions: max_qp must be at most 2^24 (24-bit QP numbers)");
   if (options.max_outstanding == 0 || options.max_outstanding > 4096)
     return invalid_argument("NicOptions: max_outstanding must be in [1, 4096]");
+  if (options.first_psn > kPsnMask) return invalid_argument("NicOptions: first_psn must fit in 24 bits");
   auto impl = std::make_unique<Nic::Impl>();
   impl->fabric = impl_.get();
   impl->opts = options;
