@@ -1,4 +1,4 @@
-// daemon_test.cc: the replica daemon (examples/replica_daemon.cc) and chains
+// daemon_test.cc: the replica daemon (tools/replica_daemon.cc) and chains
 // across processes over the soft NIC's TCP wire.
 //
 //   DaemonChainTest     three hyperloop-replica processes on 127.0.0.1, the
@@ -33,6 +33,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/file.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 
 #include <array>
@@ -606,6 +607,84 @@ TEST_F(DaemonErrorsTest, PmemFileInAMissingDirectoryExitsWithStatus1NamingThePat
   const std::string path = dir_.file("no-such-dir/t1.pmem");
   EXPECT_DAEMON_FAILS(run_config("pmem.cfg", "tenant 1 65536 " + path + sec() + "\n"), 1, path, "tenant 1");
   EXPECT_FALSE(std::filesystem::exists(dir_.file("no-such-dir")));
+}
+
+// ---- region files have one owner (hyperloop/pmem.h) ----
+// Two tenants of one daemon on one file under two names: found by device and
+// inode when the files are opened, exit 1 naming the file (the path-string
+// check of the config only caught the same spelling).
+TEST_F(DaemonErrorsTest, TwoTenantsOnOneFileThroughASymlinkOrAHardLinkExitWithStatus1) {
+  const std::string file = dir_.file("shared.pmem");
+  const std::string sym = dir_.file("shared-symlink.pmem"), hard = dir_.file("shared-hardlink.pmem");
+  write_file(file, "");  // exists (empty: the daemon sizes it), so that it can be hard-linked
+  ASSERT_EQ(::symlink(file.c_str(), sym.c_str()), 0) << std::strerror(errno);
+  ASSERT_EQ(::link(file.c_str(), hard.c_str()), 0) << std::strerror(errno);
+  for (const std::string& other : {sym, hard, dir_.path() + "/./shared.pmem"}) {
+    SCOPED_TRACE(other);
+    EXPECT_DAEMON_FAILS(run_config("share.cfg", "tenant 1 65536 " + file + sec(1) + "\ntenant 2 65536 " + other + sec(2) + "\n"),
+                        1, "tenant 2", other, "in use by another", file);
+  }
+}
+
+// Two daemons on one file: the second is refused by the first one's lock.
+TEST_F(DaemonErrorsTest, ASecondDaemonOnTheSameFileExitsWithStatus1) {
+  DaemonSpec spec;
+  spec.tenants.push_back({1, 65536, dir_.file("one.pmem"), {}});
+  Daemon& first = add_daemon(spec);
+  ASSERT_TRUE(first.start());
+  const std::string other_name = dir_.path() + "/./one.pmem";
+  EXPECT_DAEMON_FAILS(run_config("second.cfg", "tenant 7 65536 " + other_name + sec(7) + "\n"), 1, "tenant 7",
+                      other_name, "in use by another process");
+  EXPECT_TRUE(first.running()) << "the first daemon died: " << first.describe_exit();
+  // Once the first has stopped, the file is free.
+  ASSERT_TRUE(first.stop(SIGTERM));
+  const RunResult r = run_config("second.cfg", "tenant 7 65536 " + other_name + sec(7) + "\n");
+  EXPECT_EQ(r.code, -2) << "the second daemon did not start on a free file: " << r.describe << "; " << r.err;
+}
+
+// A region larger than its file system: a 1 MiB tmpfs mounted for the test
+// (the tests run as root). The daemon reserves the space at start: exit 1
+// with the system's reason, where it used to die of SIGBUS.
+class SmallTmpfs {
+ public:
+  SmallTmpfs() {
+    char tmpl[] = "/tmp/hl-daemon-small-fs-XXXXXX";
+    if (!::mkdtemp(tmpl)) {
+      why_ = std::string("mkdtemp: ") + std::strerror(errno);
+      return;
+    }
+    dir_ = tmpl;
+    if (::mount("tmpfs", dir_.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "size=1m") != 0) {
+      why_ = std::string("mount -t tmpfs -o size=1m (the tests run as root): ") + std::strerror(errno);
+      return;
+    }
+    mounted_ = true;
+  }
+  ~SmallTmpfs() {
+    if (mounted_) (void)::umount2(dir_.c_str(), MNT_DETACH);
+    if (!dir_.empty()) (void)::rmdir(dir_.c_str());
+  }
+  bool ok() const { return mounted_; }
+  const std::string& why() const { return why_; }
+  std::string file(const std::string& name) const { return dir_ + "/" + name; }
+
+ private:
+  std::string dir_, why_;
+  bool mounted_ = false;
+};
+
+TEST_F(DaemonErrorsTest, ARegionLargerThanItsFileSystemExitsWithStatus1AndTheReason) {
+  SmallTmpfs fs;
+  ASSERT_TRUE(fs.ok()) << fs.why();
+  const std::string path = fs.file("big.pmem");
+  const RunResult r = run_config("big.cfg", "tenant 3 8388608 " + path + sec(3) + "\n");
+  EXPECT_DAEMON_FAILS(r, 1, "tenant 3", path, std::strerror(ENOSPC));
+}
+
+TEST_F(DaemonErrorsTest, AConfigPathThatIsADirectoryIsABadConfigNamingIt) {
+  const std::string d = dir_.file("config.d");
+  ASSERT_EQ(::mkdir(d.c_str(), 0755), 0) << std::strerror(errno);
+  EXPECT_DAEMON_FAILS(run_daemon_to_exit(dir_.path(), d), 2, d, "is a directory");
 }
 
 // A listening socket on 127.0.0.1:<any free port>; returns the port (0 on failure).
