@@ -150,6 +150,31 @@ TEST_P(CumulativeAck, ALostAtomicResponseIsRetransmittedAndAppliedOnce) {
   EXPECT_EQ(a.stats().retransmits, 1u);
 }
 
+// The same with 40 atomics in flight: the responder remembers the answer of
+// every request the requester may have outstanding (it kept only 16, so the
+// retransmitted first add found no answer and was never completed).
+TEST_P(CumulativeAck, ALostAtomicResponseBehindManyLaterAtomicsIsStillAnsweredOnce) {
+  constexpr int kAtomics = 40;
+  Region word = b.alloc(8, kAll, 0);
+  word.set_u64(0, 1000);
+  Region results = a.alloc(8 * kAtomics, kLocalWrite, 0);
+  for (int k = 0; k < kAtomics; ++k)
+    HL_ASSERT_OK(post_faa(*p.a, results.sge(8 * k, 8), word.addr(), word.rkey(), 1, kSig, uint64_t(k + 1)));
+  a.nic().poll_once();
+  lossy(true);
+  b.nic().poll_once(1);  // the first add is applied; its response is lost
+  lossy(false);
+  pump();
+  const auto wcs = completions();
+  ASSERT_EQ(wcs.size(), size_t(kAtomics));
+  for (int k = 0; k < kAtomics; ++k) {
+    EXPECT_EQ(wcs[k].wr_id, uint64_t(k + 1));
+    EXPECT_EQ(wcs[k].status, WcStatus::kSuccess) << describe(wcs[k]);
+    EXPECT_EQ(results.u64(8 * k), 1000u + k) << "add " << k;
+  }
+  EXPECT_EQ(word.u64(0), 1000u + kAtomics);  // each add applied once
+}
+
 // Without a later response the loss is found by the timer, as before.
 TEST_P(CumulativeAck, ALostAckWithNothingAfterItIsRecoveredByTheTimer) {
   Region src = a.alloc_pattern(16, kLocalWrite, 6);

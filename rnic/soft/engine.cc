@@ -555,12 +555,10 @@ void Nic::Impl::handle_request(SoftQp* qp, Packet* p) {
           }
           break;
         case PacketType::kAtomic:
-          for (const auto& r : qp->atomic_replies) {
-            if (r.valid && r.psn == p->psn) {
-              p->result = r.value;
-              reply(qp, p, PacketType::kAtomicResp);
-              return;
-            }
+          if (const auto& r = qp->atomic_replies[p->psn % qp->atomic_replies.size()]; r.valid && r.psn == p->psn) {
+            p->result = r.value;
+            reply(qp, p, PacketType::kAtomicResp);
+            return;
           }
           break;
         default:

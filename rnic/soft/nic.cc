@@ -183,6 +183,7 @@ Result<std::unique_ptr<rnic::QueuePair>> SoftPd::create_qp(const rnic::QpAttr& a
   qp->rq = mlx5::RecvRingView{qp->rq_buf.data(), a.recv_wqes, stride};
   qp->rq_wrid.assign(a.recv_wqes, rnic::kRawWrId);
   qp->out.resize(round_up_pow2(nic->opts.max_outstanding));
+  qp->atomic_replies.assign(round_up_pow2(nic->opts.max_outstanding), {});
   qp->key = random_key();
   auto l = nic->ctrl_lock();
   uint32_t slot = 0;
@@ -282,7 +283,7 @@ Status SoftQp::reset() {
   peer_port.reset();
   peer_key = 0;
   bound_conn.reset();
-  atomic_replies = {};
+  std::fill(atomic_replies.begin(), atomic_replies.end(), AtomicReply{});
   st.store(QpState::kReset, std::memory_order_release);
   return Status::ok();
 }

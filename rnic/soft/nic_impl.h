@@ -280,7 +280,11 @@ struct SoftQp final : rnic::QueuePair {
   // Responder.
   uint32_t expected_psn = 0;
   struct AtomicReply { uint32_t psn; uint64_t value; bool valid; };
-  std::array<AtomicReply, 16> atomic_replies{};
+  // One per request a peer may have outstanding (this NIC's max_outstanding:
+  // NICs of a fabric are configured alike), indexed by PSN: a retransmitted
+  // atomic is answered from here, never executed twice, however many
+  // atomics came after it (a table of 16 forgot those beyond 16).
+  std::vector<AtomicReply> atomic_replies;
   std::byte inline_scratch[mlx5::kMaxInlineBytes];
   // Scheduling.
   bi::list_member_hook<> ready_hook;
