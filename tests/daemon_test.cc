@@ -33,7 +33,6 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/file.h>
-#include <sys/mount.h>
 #include <sys/socket.h>
 
 #include <array>
@@ -42,6 +41,7 @@
 #include <thread>
 
 #include "daemon_test_util.h"
+#include "small_fs.h"
 #include "hyperloop/txn.h"
 
 namespace hyperloop::daemon_test {
@@ -645,36 +645,8 @@ TEST_F(DaemonErrorsTest, ASecondDaemonOnTheSameFileExitsWithStatus1) {
 // A region larger than its file system: a 1 MiB tmpfs mounted for the test
 // (the tests run as root). The daemon reserves the space at start: exit 1
 // with the system's reason, where it used to die of SIGBUS.
-class SmallTmpfs {
- public:
-  SmallTmpfs() {
-    char tmpl[] = "/tmp/hl-daemon-small-fs-XXXXXX";
-    if (!::mkdtemp(tmpl)) {
-      why_ = std::string("mkdtemp: ") + std::strerror(errno);
-      return;
-    }
-    dir_ = tmpl;
-    if (::mount("tmpfs", dir_.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "size=1m") != 0) {
-      why_ = std::string("mount -t tmpfs -o size=1m (the tests run as root): ") + std::strerror(errno);
-      return;
-    }
-    mounted_ = true;
-  }
-  ~SmallTmpfs() {
-    if (mounted_) (void)::umount2(dir_.c_str(), MNT_DETACH);
-    if (!dir_.empty()) (void)::rmdir(dir_.c_str());
-  }
-  bool ok() const { return mounted_; }
-  const std::string& why() const { return why_; }
-  std::string file(const std::string& name) const { return dir_ + "/" + name; }
-
- private:
-  std::string dir_, why_;
-  bool mounted_ = false;
-};
-
 TEST_F(DaemonErrorsTest, ARegionLargerThanItsFileSystemExitsWithStatus1AndTheReason) {
-  SmallTmpfs fs;
+  test_fs::SmallFileSystem fs;
   ASSERT_TRUE(fs.ok()) << fs.why();
   const std::string path = fs.file("big.pmem");
   const RunResult r = run_config("big.cfg", "tenant 3 8388608 " + path + sec(3) + "\n");

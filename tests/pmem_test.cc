@@ -10,7 +10,6 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/file.h>
-#include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -26,6 +25,7 @@
 #include <vector>
 
 #include "fault_test_util.h"
+#include "small_fs.h"
 #include "hyperloop/pmem.h"
 #include "hyperloop/primitives.h"
 #include "hyperloop/soft_rnic.h"
@@ -408,36 +408,8 @@ TEST_F(PmemTest, AReleasedObjectNoLongerReachesTheFile) {
 // A file system smaller than the region: a 1 MiB tmpfs mounted for the test
 // (the tests run as root). Before space was reserved up front, the mapping
 // of a sparse file raised SIGBUS at the first access past the free space.
-class SmallFileSystem {
- public:
-  SmallFileSystem() {
-    char tmpl[] = "/tmp/hl-small-fs-XXXXXX";
-    if (!::mkdtemp(tmpl)) {
-      why_ = std::string("mkdtemp: ") + std::strerror(errno);
-      return;
-    }
-    dir_ = tmpl;
-    if (::mount("tmpfs", dir_.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "size=1m") != 0) {
-      why_ = std::string("mount -t tmpfs -o size=1m (the tests run as root): ") + std::strerror(errno);
-      return;
-    }
-    mounted_ = true;
-  }
-  ~SmallFileSystem() {
-    if (mounted_) (void)::umount2(dir_.c_str(), MNT_DETACH);
-    if (!dir_.empty()) (void)::rmdir(dir_.c_str());
-  }
-  bool ok() const { return mounted_; }
-  const std::string& why() const { return why_; }
-  std::string file(const std::string& name) const { return dir_ + "/" + name; }
-
- private:
-  std::string dir_, why_;
-  bool mounted_ = false;
-};
-
 TEST_F(PmemTest, AFileSystemTooSmallIsResourceExhaustedAtOpenNeverASigbus) {
-  SmallFileSystem fs;
+  test_fs::SmallFileSystem fs;
   ASSERT_TRUE(fs.ok()) << fs.why();
   const std::string path = fs.file("big.pmem");
   const auto r = PersistentMemory::open(path, 4 << 20);
