@@ -48,6 +48,11 @@
 //
 // Thread-safety: mark_dirty/persist/persist_dirty/power_fail/release are safe
 // to call concurrently; writes into data() are the caller's to order.
+//
+// Lifetime: data() is valid until the object is destroyed; every memory
+// registration over it (rnic::MemoryRegion) and every ReplicaHost tenant
+// using it must go first (ReplicaHost owns the ones register_tenant opens).
+// release() gives up the file, not the view: data() stays readable.
 #pragma once
 
 #include <cstddef>
