@@ -21,6 +21,12 @@ PACKAGES=(
   libbenchmark-dev   # Google Benchmark
   iproute2           # ip netns / veth for the network-namespace tests
   libssl-dev         # OpenSSL libcrypto: HMAC-SHA256 tenant authentication, CSPRNG
+  # The Soft-RoCE VM (tests/vm/README.md); its kernel is fetched by tests/vm/prepare.sh
+  qemu-system-x86    # qemu-system-x86_64 (TCG) boots Debian's stock kernel with rdma_rxe
+  busybox-static     # the VM's initramfs
+  kmod               # depmod/modprobe -d: the guest modules and their dependencies
+  cpio               # initramfs archive
+  ibverbs-utils      # ibv_devices, ibv_devinfo, ibv_rc_pingpong in the VM smoke check
 )
 
 missing=()

@@ -7,6 +7,8 @@
 #      the benchmark binary
 #   4. install check: cmake --install, then a consumer project that does
 #      find_package(hyperloop) and links hyperloop::txn
+#   5. Soft-RoCE VM (tests/vm): Debian's stock kernel under qemu with rxe0;
+#      ibv_devinfo, an RC ping-pong and build/tests/status_test run inside
 # Fresh Debian 12, as root: bash .ci/test.sh   (exits non-zero on any failure)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -102,5 +104,9 @@ cmake -S tests/install_consumer -B "$TMP/consumer-build" -G Ninja \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_PREFIX_PATH="$TMP/prefix"
 cmake --build "$TMP/consumer-build" -j "$JOBS"
 "$TMP/consumer-build/hyperloop_install_consumer"
+
+section "Soft-RoCE VM (tests/vm)"
+bash tests/vm/prepare.sh
+bash tests/vm/smoke.sh build/tests/status_test
 
 section "all checks passed"
