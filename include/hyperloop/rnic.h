@@ -11,13 +11,16 @@
 // returns StatusCode::kNotSupported, never undefined behaviour.
 //
 // Object lifetime follows verbs: destroy QPs before their CQs and PD, MRs
-// before their PD, everything before the Device. Destroying an object stops the
-// device from touching it before the destructor returns.
+// before their PD, everything before the Device (completion channels: see
+// CompletionChannel). Destroying an object stops the device from touching it
+// before the destructor returns.
 //
 // Thread-safety: control-path calls (create/register/modify/destroy) are safe
 // from any thread. Data-path calls on one QP (post_send, post_recv, raw ring
 // access, doorbells) must come from one thread at a time; poll() on one CQ
 // likewise. Distinct QPs and CQs may be used from distinct threads.
+// CompletionQueue::arm and CompletionChannel::wait are safe from any thread
+// (see CompletionChannel).
 #pragma once
 
 #include <array>
@@ -45,6 +48,7 @@ struct DeviceCaps {
   bool raw_cq_ring = false;        // CQ exposed as an mlx5 CQE ring
   bool atomics = false;            // ATOMIC_CS / ATOMIC_FA
   bool persistent_memory = false;  // persistent memory regions
+  bool completion_channel = false; // create_completion_channel, CompletionQueue::arm
   uint32_t max_sge = 0;
   uint32_t max_inline_data = 0;
   uint32_t max_send_wqebbs = 0;    // per send queue, power of two
@@ -171,11 +175,73 @@ class MemoryRegion {
   uint64_t remote_addr(size_t offset = 0) const { return reinterpret_cast<uint64_t>(addr()) + offset; }
 };
 
+// ---- completion notification ----------------------------------------------------
+// Sleeping until a CQ has a completion, with the semantics of verbs
+// (ibv_req_notify_cq + ibv_comp_channel); a verbs backend maps it 1:1:
+//   Device::create_completion_channel  ibv_create_comp_channel
+//   CompletionChannel::fd              ibv_comp_channel::fd
+//   CompletionChannel::wait            poll(2) on fd + ibv_get_cq_event (+ ibv_ack_cq_events)
+//   CqAttr::channel                    ibv_create_cq's channel argument
+//   CompletionQueue::arm               ibv_req_notify_cq
+//
+// Semantics:
+// - A CQ created with CqAttr::channel is attached to that channel for its
+//   whole life. Several CQs (of the channel's device) may share one channel,
+//   so one thread can sleep on all of them; to sleep on CQs of several
+//   devices, poll(2) the channels' fds together.
+// - arm() is one-shot: the next completion written to the CQ after arm()
+//   fires one event on the channel and disarms the CQ. Completions already in
+//   the CQ when arm() is called fire nothing, and neither does anything while
+//   the CQ is not armed. Arming an armed CQ changes nothing (a later plain
+//   arm() widens a solicited-only arming to every completion).
+//   solicited_only: fire only on a receive completion of a request sent with
+//   kSendSolicited, or on an error completion (as in IB).
+// - The race-free pattern (as in verbs): drain with poll(); arm(); poll() once
+//   more, and handle what it finds (it raced the arm: no event is coming for
+//   it, re-arm after handling); only when that poll found nothing, wait().
+//   After wait() returns a CQ: poll it dry, then arm again.
+// - An overrun is not a completion: it fires no event (verbs reports it as an
+//   asynchronous IBV_EVENT_CQ_ERR). Arm a CQ only after draining it.
+// - wait() returns each event once; nothing needs acknowledging (a verbs
+//   backend acks what it took). An event may be stale (its completion was
+//   already polled after the arm): poll finds nothing, re-arm and go on.
+//   Events of one CQ not yet taken by wait() may coalesce: the software RNIC
+//   keeps at most one pending event per attached CQ; verbs may return the CQ
+//   once per firing.
+//
+// Thread-safety: arm() may be called from any thread, concurrently with the
+// device writing completions and with poll() on the same CQ. wait() may be
+// called from several threads at once; each event goes to one of them.
+//
+// Lifetimes: the channel belongs to its device; destroy it before the
+// device. Destroying a CQ discards its pending event (wait() never returns a
+// destroyed CQ). A channel may be destroyed while CQs are still attached: its
+// fd is no longer valid for the caller, those CQs stay usable for poll() and
+// arm() returns kFailedPrecondition. Destroying a channel while a thread is
+// inside its wait() is undefined, as for every object in use.
+class CompletionChannel {
+ public:
+  virtual ~CompletionChannel() = default;
+  // Readable (POLLIN) while an event is pending: for poll(2)/epoll with other
+  // descriptors. Do not read, write or close it; call wait(0) when it is readable.
+  virtual int fd() const = 0;
+  // Takes one pending event and returns its CQ, blocking for up to
+  // timeout_ns (negative: no limit; 0: do not block). Errors:
+  // kDeadlineExceeded (no event within timeout_ns), kInternal (the OS wait failed).
+  // On the software RNIC completions are written only by its executor: under a
+  // ManualExecutor nothing happens unless the caller steps it, so step first
+  // and wait with a timeout (a wait without one would never return).
+  virtual Result<CompletionQueue*> wait(int64_t timeout_ns) = 0;
+};
+
 struct CqAttr {
   uint32_t cqe_count = 1024;     // power of two, at most caps.max_cqe
   // Keep writing CQEs when nobody consumes them (a CQ only WAITed on). Without
   // it a full CQ is an overrun: the producing QP goes to ERROR.
   bool ignore_overrun = false;
+  // Where arm()ed completions fire (see CompletionChannel); null: arm() is
+  // kFailedPrecondition. Must be a channel of the same device (kInvalidArgument).
+  CompletionChannel* channel = nullptr;
 };
 
 class CompletionQueue {
@@ -187,6 +253,14 @@ class CompletionQueue {
   // kResourceExhausted once the CQ overran (completions were lost; the
   // producing QPs went to ERROR).
   virtual Result<size_t> poll(std::span<WorkCompletion> out) = 0;
+  // Requests one event on the CQ's channel for the next completion (see
+  // CompletionChannel for the semantics and the safe pattern). Errors:
+  // kFailedPrecondition (no channel, or the channel was destroyed),
+  // kNotSupported (the device has no completion channels).
+  virtual Status arm(bool solicited_only = false) {
+    (void)solicited_only;
+    return not_supported("completion notification is not supported by this device");
+  }
   // The CQE ring and its doorbell record, where caps.raw_cq_ring.
   // Consuming raw CQEs: read with mlx5::read_cqe, then set_consumer_index.
   virtual Result<mlx5::CqRingView> raw_ring() = 0;
@@ -265,6 +339,11 @@ class Device {
   virtual const DeviceCaps& caps() const = 0;
   virtual Result<std::unique_ptr<ProtectionDomain>> alloc_pd() = 0;
   virtual Result<std::unique_ptr<CompletionQueue>> create_cq(const CqAttr& attr) = 0;
+  // A completion channel for CQs of this device (where caps.completion_channel;
+  // otherwise kNotSupported). Errors: kResourceExhausted (no descriptor).
+  virtual Result<std::unique_ptr<CompletionChannel>> create_completion_channel() {
+    return not_supported("completion channels are not supported by this device");
+  }
 };
 
 // Opens a device by name (see the list at the top). "soft" makes a new
