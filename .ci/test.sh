@@ -8,7 +8,8 @@
 #   4. install check: cmake --install, then a consumer project that does
 #      find_package(hyperloop) and links hyperloop::txn
 #   5. Soft-RoCE VM (tests/vm): Debian's stock kernel under qemu with rxe0;
-#      ibv_devinfo, an RC ping-pong and build/tests/status_test run inside
+#      ibv_devinfo, RC ping-pongs (over rxe0; ns1/rxe1 to ns2/rxe2) and
+#      build/tests/status_test run inside
 # Fresh Debian 12, as root: bash .ci/test.sh   (exits non-zero on any failure)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -29,17 +29,34 @@ rdma link add rxe0 type rxe netdev dummy0 || fail "rdma link add rxe0 type rxe n
 wait_active rxe0 || fail "rxe0 missing or its port not ACTIVE within ${DEADLINE_S}s"
 
 if [ "$NETNS2" = 1 ]; then
-  # Two namespaces joined by a veth pair, an rxe device on each end.
+  # Two namespaces joined by a veth pair (TCP between them) ...
   ip netns add ns1 || fail "ip netns add ns1"
   ip netns add ns2 || fail "ip netns add ns2"
-  ip link add veth1 netns ns1 type veth peer name veth2 netns ns2 || fail "veth pair"
+  ip link add veth1 netns ns1 type veth peer name veth2 netns ns2 || fail "veth pair veth1/veth2"
   ip -n ns1 link set lo up; ip -n ns2 link set lo up
   ip -n ns1 addr add 192.0.2.11/24 dev veth1 || fail "address on veth1"
   ip -n ns2 addr add 192.0.2.12/24 dev veth2 || fail "address on veth2"
   ip -n ns1 link set veth1 up || fail "veth1 up"
   ip -n ns2 link set veth2 up || fail "veth2 up"
-  ip netns exec ns1 rdma link add rxe1 type rxe netdev veth1 || fail "rdma link add rxe1 (ns1/veth1)"
-  ip netns exec ns2 rdma link add rxe2 type rxe netdev veth2 || fail "rdma link add rxe2 (ns2/veth2)"
+  # ... and the RDMA pair. 6.1's rxe has its UDP socket and routes only in the
+  # initial namespace, so rxe1/rxe2 sit on a second veth pair there (rv1/rv2;
+  # the rdma devices are visible from every namespace). Policy routing makes
+  # traffic between their addresses cross the veth instead of lo: a rule per
+  # direction for locally sent packets (iif lo) ahead of the local table.
+  ip link add rv1 type veth peer name rv2 || fail "veth pair rv1/rv2"
+  ip addr add 198.51.100.1/32 dev rv1 || fail "address on rv1"
+  ip addr add 198.51.100.2/32 dev rv2 || fail "address on rv2"
+  for d in all default rv1 rv2; do
+    sysctl -qw "net.ipv4.conf.$d.rp_filter=0" "net.ipv4.conf.$d.accept_local=1" || fail "sysctl on $d"
+  done
+  ip link set rv1 up && ip link set rv2 up || fail "rv1/rv2 up"
+  ip route add 198.51.100.2/32 dev rv1 table 101 || fail "route table 101"
+  ip route add 198.51.100.1/32 dev rv2 table 102 || fail "route table 102"
+  ip rule add pref 10 iif lo from 198.51.100.1 to 198.51.100.2 lookup 101 || fail "rule rv1->rv2"
+  ip rule add pref 10 iif lo from 198.51.100.2 to 198.51.100.1 lookup 102 || fail "rule rv2->rv1"
+  ip rule add pref 100 lookup local && ip rule del pref 0 lookup local || fail "moving the local rule"
+  rdma link add rxe1 type rxe netdev rv1 || fail "rdma link add rxe1 type rxe netdev rv1"
+  rdma link add rxe2 type rxe netdev rv2 || fail "rdma link add rxe2 type rxe netdev rv2"
   wait_active rxe1 || fail "rxe1 port not ACTIVE within ${DEADLINE_S}s"
   wait_active rxe2 || fail "rxe2 port not ACTIVE within ${DEADLINE_S}s"
 fi

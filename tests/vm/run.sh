@@ -7,10 +7,12 @@
 # COMMAND runs as root in the guest, in the host's file tree (the host's / over
 # 9p, read-only, under a tmpfs overlay: writes succeed and vanish), in the
 # current directory, with rxe0 on dummy0 (192.0.2.1/24) ready and ACTIVE.
-# --netns2 adds namespaces ns1/ns2 joined by veth1 (ns1, 192.0.2.11/24, rxe1)
-# and veth2 (ns2, 192.0.2.12/24, rxe2). Exit status: COMMAND's; 124 if the VM
-# ran past --timeout (qemu is killed; never a pass); 125 for any other harness
-# failure (kernel panic, rxe0 missing, module or mount failure, qemu error).
+# --netns2 adds namespaces ns1/ns2 joined by veth1 (ns1, 192.0.2.11/24) and
+# veth2 (ns2, 192.0.2.12/24), and rxe1/rxe2 on the veth pair rv1/rv2
+# (198.51.100.1 and .2, initial namespace: 6.1's rxe works only there).
+# Exit status: COMMAND's; 124 if the VM ran past --timeout (qemu is killed;
+# never a pass); 125 for any other harness failure (kernel panic, rxe0
+# missing, module or mount failure, qemu error).
 # The guest console goes to --log (default build/vm/console.log) and is
 # printed on failure. Needs tests/vm/prepare.sh (run here when not yet done).
 set -euo pipefail
@@ -18,7 +20,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 CACHE="${HYPERLOOP_VM_CACHE:-$repo/build/vm}"
 TIMEOUT=300 NETNS2=0 LOG="$CACHE/console.log"
-usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 125; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}" >&2; exit 125; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --timeout) [[ $# -ge 2 && "$2" =~ ^[0-9]+$ && "$2" -gt 0 ]] || usage; TIMEOUT="$2"; shift 2 ;;
