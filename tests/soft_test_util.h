@@ -270,6 +270,10 @@ class Node {
                         "create_cq"));
     return *cqs_.back();
   }
+  CompletionQueue& new_cq(const rn::CqAttr& attr) {
+    cqs_.push_back(must(nic_->create_cq(attr), "create_cq"));
+    return *cqs_.back();
+  }
 
   void destroy_cq(CompletionQueue* cq) {
     std::erase_if(cqs_, [&](const std::unique_ptr<CompletionQueue>& p) { return p.get() == cq; });

@@ -217,6 +217,9 @@ class Nic : public rnic::Device {
   const rnic::DeviceCaps& caps() const override;
   Result<std::unique_ptr<rnic::ProtectionDomain>> alloc_pd() override;
   Result<std::unique_ptr<rnic::CompletionQueue>> create_cq(const rnic::CqAttr& attr) override;
+  // An eventfd-backed channel. Its events are written by whichever executor
+  // runs this NIC (see rnic::CompletionChannel::wait about ManualExecutor).
+  Result<std::unique_ptr<rnic::CompletionChannel>> create_completion_channel() override;
 
   // Opaque, as Fabric::Impl.
   struct Impl;

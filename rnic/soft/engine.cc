@@ -188,6 +188,12 @@ bool Nic::Impl::push_cqe(SoftCq* cq, const CqeFields& f, SoftQp* producer) {
   if (f.opcode == kCqeReqErr || f.opcode == kCqeRespErr) ++stats.error_cqes;
   write_cqe(cq->ring, cq->pi, f);
   ++cq->pi;
+  if (cq->armed &&
+      (!cq->armed_solicited || f.solicited || f.opcode == kCqeReqErr || f.opcode == kCqeRespErr)) {
+    cq->armed = false;  // one-shot
+    std::lock_guard<std::mutex> g(cq->channel->mu);
+    cq->channel->fire(cq);
+  }
   for (auto it = cq->waiters.begin(); it != cq->waiters.end();) {
     SoftQp& w = *it;
     if (wait_satisfied(cq, w.wait_index)) {

@@ -1,5 +1,11 @@
 // rnic/soft: objects and the control path (creation, registration, QP state
 // machine) and the application side of the data path (posting, polling).
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
 #include <cstring>
 
 #include "nic_impl.h"
@@ -62,12 +68,20 @@ Result<std::unique_ptr<rnic::ProtectionDomain>> Nic::alloc_pd() {
 Result<std::unique_ptr<rnic::CompletionQueue>> Nic::create_cq(const rnic::CqAttr& attr) {
   if (!is_pow2(attr.cqe_count) || attr.cqe_count > impl_->caps.max_cqe)
     return invalid_argument("cqe_count must be a power of two no larger than caps().max_cqe");
+  std::shared_ptr<SoftChannelState> channel;
+  if (attr.channel) {
+    auto* ch = dynamic_cast<SoftChannel*>(attr.channel);
+    if (!ch || ch->st->owner != impl_.get())
+      return invalid_argument("a CQ's completion channel must belong to the same soft NIC");
+    channel = ch->st;
+  }
   auto l = impl_->ctrl_lock();
   uint32_t slot = 0;
   while (slot < impl_->cqs.size() && impl_->cqs[slot]) ++slot;
   if (slot >= impl_->opts.max_cq) return resource_exhausted("no free completion queue number");
   auto cq = std::make_unique<SoftCq>();
   cq->nic = impl_.get();
+  cq->channel = std::move(channel);
   cq->number = slot + 1;
   cq->buf = AlignedBuffer(size_t(attr.cqe_count) * mlx5::kCqeBytes);
   cq->ring = mlx5::CqRingView{cq->buf.data(), attr.cqe_count};
@@ -76,6 +90,89 @@ Result<std::unique_ptr<rnic::CompletionQueue>> Nic::create_cq(const rnic::CqAttr
   if (slot == impl_->cqs.size()) impl_->cqs.push_back(nullptr);
   impl_->cqs[slot] = cq.get();
   return std::unique_ptr<rnic::CompletionQueue>(std::move(cq));
+}
+
+// ---- completion channels ------------------------------------------------------------
+Result<std::unique_ptr<rnic::CompletionChannel>> Nic::create_completion_channel() {
+  const int fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (fd < 0) return resource_exhausted(std::string("eventfd: ") + std::strerror(errno));
+  auto ch = std::make_unique<SoftChannel>();
+  ch->st = std::make_shared<SoftChannelState>();
+  ch->st->fd = fd;
+  ch->st->owner = impl_.get();
+  return std::unique_ptr<rnic::CompletionChannel>(std::move(ch));
+}
+
+namespace {
+void drain_eventfd(int fd) {
+  uint64_t v;
+  while (::read(fd, &v, sizeof v) < 0 && errno == EINTR) {
+  }
+}
+}  // namespace
+
+SoftChannelState::~SoftChannelState() {
+  if (fd >= 0) ::close(fd);
+}
+
+void SoftChannelState::fire(SoftCq* cq) {
+  if (closed || cq->queued) return;  // nobody waits any more, or coalesced
+  cq->queued = true;
+  fired.push_back(cq);
+  if (fired.size() == 1) {
+    const uint64_t one = 1;
+    while (::write(fd, &one, sizeof one) < 0 && errno == EINTR) {
+    }
+  }
+}
+
+void SoftChannelState::discard(SoftCq* cq) {
+  if (!cq->queued) return;
+  cq->queued = false;
+  std::erase(fired, cq);
+  if (fired.empty()) drain_eventfd(fd);
+}
+
+SoftChannel::~SoftChannel() {
+  // Attached CQs keep the state (and the descriptor) until they go; they
+  // fire nothing from now on and their arm() fails.
+  std::lock_guard<std::mutex> g(st->mu);
+  st->closed = true;
+  for (SoftCq* cq : st->fired) cq->queued = false;
+  st->fired.clear();
+  drain_eventfd(st->fd);
+}
+
+Result<rnic::CompletionQueue*> SoftChannel::wait(int64_t timeout_ns) {
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point start = Clock::now();
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> g(st->mu);
+      if (!st->fired.empty()) {
+        SoftCq* cq = st->fired.front();
+        st->fired.pop_front();
+        cq->queued = false;
+        if (st->fired.empty()) drain_eventfd(st->fd);
+        return static_cast<rnic::CompletionQueue*>(cq);
+      }
+    }
+    timespec ts{};
+    const timespec* limit = nullptr;
+    if (timeout_ns >= 0) {
+      const int64_t left =
+          timeout_ns - std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
+      if (left <= 0) return Status(StatusCode::kDeadlineExceeded, "no completion event within the timeout");
+      ts.tv_sec = time_t(left / 1'000'000'000);
+      ts.tv_nsec = long(left % 1'000'000'000);
+      limit = &ts;
+    }
+    pollfd p{st->fd, POLLIN, 0};
+    // Readable or not, look again: another waiter may have taken the event,
+    // or a destroyed CQ discarded it.
+    if (::ppoll(&p, 1, limit, nullptr) < 0 && errno != EINTR)
+      return internal_error(std::string("ppoll on a completion channel: ") + std::strerror(errno));
+  }
 }
 
 // ---- memory regions ----------------------------------------------------------------
@@ -126,7 +223,30 @@ SoftCq::~SoftCq() {
     waiters.pop_front();
     qp.wait_cq = nullptr;
   }
+  if (channel) {
+    std::lock_guard<std::mutex> g(channel->mu);
+    channel->discard(this);  // wait() never returns a destroyed CQ
+  }
   if (number >= 1 && number <= nic->cqs.size()) nic->cqs[number - 1] = nullptr;
+}
+
+Status SoftCq::arm(bool solicited_only) {
+  nic->count_app_call();
+  if (!channel) return failed_precondition("arm needs a CQ created with a completion channel");
+  // Under the engine's lock: a CQE pushed before this is visible to the
+  // caller's next poll(), one pushed after it sees the CQ armed.
+  auto l = nic->ctrl_lock();
+  {
+    std::lock_guard<std::mutex> g(channel->mu);
+    if (channel->closed) return failed_precondition("the CQ's completion channel was destroyed");
+  }
+  if (!armed) {
+    armed = true;
+    armed_solicited = solicited_only;
+  } else if (!solicited_only) {
+    armed_solicited = false;  // "next completion" supersedes "next solicited"
+  }
+  return Status::ok();
 }
 
 Result<size_t> SoftCq::poll(std::span<rnic::WorkCompletion> out) {

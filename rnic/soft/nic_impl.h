@@ -13,6 +13,7 @@
 #include <boost/intrusive/list.hpp>
 #include <boost/intrusive/slist.hpp>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -326,8 +327,37 @@ using ReadyList = bi::list<SoftQp, bi::member_hook<SoftQp, bi::list_member_hook<
 using TimerList = bi::list<SoftQp, bi::member_hook<SoftQp, bi::list_member_hook<>, &SoftQp::timer_hook>>;
 using WaitList = bi::list<SoftQp, bi::member_hook<SoftQp, WaitHook, &SoftQp::wait_hook>>;
 
+// A completion channel's shared state: the channel object and every CQ
+// attached to it hold it, so neither may dangle whichever goes first. `fd` is
+// an eventfd that is readable exactly while `fired` is non-empty; `fired`,
+// `closed` and the attached CQs' `queued` flags are guarded by `mu`. Lock
+// order: Nic::Impl::mu before mu.
+struct SoftChannelState {
+  std::mutex mu;
+  int fd = -1;                           // eventfd (non-blocking); closed with the state
+  const Nic::Impl* owner = nullptr;      // identity only: CQs must be of this NIC
+  bool closed = false;                   // the channel object was destroyed
+  std::deque<SoftCq*> fired;             // at most one entry per attached CQ
+  ~SoftChannelState();
+  // With mu held: queue cq's event (coalesced) and make fd readable.
+  void fire(SoftCq* cq);
+  // With mu held: drop cq's pending event, if any.
+  void discard(SoftCq* cq);
+};
+
+struct SoftChannel final : rnic::CompletionChannel {
+  std::shared_ptr<SoftChannelState> st;
+  ~SoftChannel() override;
+  int fd() const override { return st->fd; }
+  Result<rnic::CompletionQueue*> wait(int64_t timeout_ns) override;
+};
+
 struct SoftCq final : rnic::CompletionQueue {
   Nic::Impl* nic = nullptr;
+  std::shared_ptr<SoftChannelState> channel;  // immutable after creation; may be null
+  bool armed = false;                    // engine (mu): the next matching CQE fires
+  bool armed_solicited = false;          // engine (mu): only solicited or error CQEs match
+  bool queued = false;                   // channel->mu: an event is in channel->fired
   uint32_t number = 0;
   AlignedBuffer buf;
   mlx5::CqRingView ring;
@@ -341,6 +371,7 @@ struct SoftCq final : rnic::CompletionQueue {
   uint32_t cqn() const override { return number; }
   uint32_t size() const override { return ring.cqe_count; }
   Result<size_t> poll(std::span<rnic::WorkCompletion> out) override;
+  Status arm(bool solicited_only = false) override;
   Result<mlx5::CqRingView> raw_ring() override;
   uint32_t consumer_index() const override { return ci.load(std::memory_order_acquire); }
   void set_consumer_index(uint32_t v) override { ci.store(v, std::memory_order_release); }
