@@ -53,7 +53,7 @@ if [ "$NETNS2" = 1 ]; then
     net.ipv4.conf.rv1.rp_filter=0 net.ipv4.conf.rv2.rp_filter=0 \
     net.ipv4.conf.all.accept_local=1 net.ipv4.conf.rv1.accept_local=1 \
     net.ipv4.conf.rv2.accept_local=1 || fail "sysctl rp_filter/accept_local on rv1/rv2"
-  # One ip process for all of it (each exec costs ~0.2 s under TCG).
+  # One ip process for all of it (each exec costs 0.2-0.3 s under TCG).
   ip -batch - <<'IP' || fail "routing rv1 <-> rv2 (ip -batch above)"
 link set rv1 up
 link set rv2 up
