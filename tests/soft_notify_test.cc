@@ -43,6 +43,14 @@ bool fd_readable(int fd, int timeout_ms) {
   return ::testing::AssertionSuccess();
 }
 
+// An event is pending now (wait(0) does not block) and it names `cq`.
+::testing::AssertionResult EventFor(rn::CompletionChannel& ch, const CompletionQueue* cq) {
+  auto r = ch.wait(0);
+  if (!r.is_ok()) return ::testing::AssertionFailure() << "no event: " << r.status().to_string();
+  if (*r != cq) return ::testing::AssertionFailure() << "the event names CQ " << (*r)->cqn() << ", not " << cq->cqn();
+  return ::testing::AssertionSuccess();
+}
+
 QpAttr attr_with(CompletionQueue& scq, CompletionQueue& rcq) {
   QpAttr a;
   a.send_cq = &scq;
@@ -172,9 +180,7 @@ TEST_F(NotifyThreaded, TheFdIsPollableAndReadableOnlyWhileAnEventIsPending) {
   HL_ASSERT_OK(write(1));
   ASSERT_TRUE(fd_readable(ch->fd(), kGenerousMs));
   EXPECT_TRUE(fd_readable(ch->fd(), 0));  // level-triggered: still readable until taken
-  auto r = ch->wait(0);
-  HL_ASSERT_OK(r);
-  EXPECT_EQ(*r, &cq);
+  ASSERT_TRUE(EventFor(*ch, &cq));
   EXPECT_FALSE(fd_readable(ch->fd(), 0));
   EXPECT_EQ(drain(cq).size(), 1u);
 }
@@ -251,9 +257,7 @@ TEST_F(NotifyManual, WaitWithATimeoutDeliversAfterStepping) {
   EXPECT_TRUE(NoEvent(*ch));
   EXPECT_TRUE(drain(*cq).empty());
   ASSERT_TRUE(ex.run_until_idle(kDefaultMaxSteps));
-  auto r = ch->wait(0);
-  HL_ASSERT_OK(r);
-  EXPECT_EQ(*r, cq);
+  ASSERT_TRUE(EventFor(*ch, cq));
   auto got = drain(*cq);
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].wr_id, 1u);
@@ -270,9 +274,7 @@ TEST_F(NotifyManual, ACompletionBeforeTheArmFiresNothingButTheNextPollFindsIt) {
   // The CQ is still armed: the next completion fires.
   HL_ASSERT_OK(write(2));
   ASSERT_TRUE(ex.run_until_idle(kDefaultMaxSteps));
-  auto r = ch->wait(0);
-  HL_ASSERT_OK(r);
-  EXPECT_EQ(*r, cq);
+  ASSERT_TRUE(EventFor(*ch, cq));
 }
 
 // Software RNIC behaviour (rnic.h allows it; verbs may return the CQ twice):
@@ -285,9 +287,7 @@ TEST_F(NotifyManual, EventsOfOneCqCoalesceAndArmingAnArmedCqChangesNothing) {
   HL_ASSERT_OK(cq->arm());  // re-armed before the event was taken
   HL_ASSERT_OK(write(2));
   ASSERT_TRUE(ex.run_until_idle(kDefaultMaxSteps));
-  auto r = ch->wait(0);
-  HL_ASSERT_OK(r);
-  EXPECT_EQ(*r, cq);
+  ASSERT_TRUE(EventFor(*ch, cq));
   EXPECT_TRUE(NoEvent(*ch));  // the second firing coalesced into the pending event
   EXPECT_EQ(drain(*cq).size(), 2u);
 }
@@ -307,9 +307,7 @@ TEST_F(NotifyManual, SolicitedOnlyFiresOnASolicitedReceiveOrAnError) {
   EXPECT_EQ(drain(*cq).size(), 2u);
   HL_ASSERT_OK(post_send_msg(*p.b, msg.sge(0, 64), kSig | rn::kSendSolicited, 3));
   ASSERT_TRUE(ex.run_until_idle(kDefaultMaxSteps));
-  auto r = ch->wait(0);
-  HL_ASSERT_OK(r);
-  EXPECT_EQ(*r, cq);
+  ASSERT_TRUE(EventFor(*ch, cq));
   auto got = drain(*cq);
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].opcode, WcOpcode::kRecv);
@@ -318,9 +316,7 @@ TEST_F(NotifyManual, SolicitedOnlyFiresOnASolicitedReceiveOrAnError) {
   HL_ASSERT_OK(cq->arm(true));
   HL_ASSERT_OK(post_write(*p.a, src.sge(0, 8), dst.addr(0), dst.rkey() ^ 0x100, kSig, 4));
   ASSERT_TRUE(ex.run_until_idle(kDefaultMaxSteps));
-  r = ch->wait(0);
-  HL_ASSERT_OK(r);
-  EXPECT_EQ(*r, cq);
+  ASSERT_TRUE(EventFor(*ch, cq));
   got = drain(*cq);
   ASSERT_FALSE(got.empty());
   EXPECT_EQ(got[0].status, WcStatus::kRemoteAccessError) << describe(got[0]);
@@ -331,9 +327,7 @@ TEST_F(NotifyManual, APlainArmWidensASolicitedOnlyArming) {
   HL_ASSERT_OK(cq->arm(false));
   HL_ASSERT_OK(write(1));
   ASSERT_TRUE(ex.run_until_idle(kDefaultMaxSteps));
-  auto r = ch->wait(0);
-  HL_ASSERT_OK(r);
-  EXPECT_EQ(*r, cq);
+  ASSERT_TRUE(EventFor(*ch, cq));
 }
 
 TEST_F(NotifyManual, AnUnsignaledWriteFiresNothing) {
@@ -368,9 +362,7 @@ TEST_F(NotifyManual, DestroyingOneCqKeepsTheOtherCqsEvent) {
   a.destroy_qp(p.a);
   a.destroy_cq(cq);
   ASSERT_TRUE(fd_readable(ch->fd(), 0));
-  auto r = ch->wait(0);
-  HL_ASSERT_OK(r);
-  EXPECT_EQ(*r, &c2);
+  ASSERT_TRUE(EventFor(*ch, &c2));
   EXPECT_TRUE(NoEvent(*ch));
 }
 

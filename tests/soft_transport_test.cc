@@ -16,6 +16,17 @@ namespace {
 
 constexpr uint32_t kPsnMax = 0xffffff;
 
+// Exactly `count` completions, wr_ids first, first + 1, ..., each a success.
+::testing::AssertionResult InOrderAndSuccessful(const std::vector<WorkCompletion>& wcs, uint64_t first, size_t count) {
+  if (wcs.size() != count)
+    return ::testing::AssertionFailure() << wcs.size() << " completions, want " << count;
+  for (size_t k = 0; k < count; ++k)
+    if (wcs[k].wr_id != first + k || wcs[k].status != WcStatus::kSuccess)
+      return ::testing::AssertionFailure() << "completion " << k << ": " << describe(wcs[k]) << ", want wr_id "
+                                           << first + k << " and success";
+  return ::testing::AssertionSuccess();
+}
+
 class CumulativeAck : public ::testing::TestWithParam<uint32_t> {
  protected:
   static NodeOptions options() {
@@ -54,11 +65,7 @@ TEST_P(CumulativeAck, ALostAckIsCoveredByTheNextAck) {
   HL_ASSERT_OK(post_write(*p.a, src.sge(32, 32), dst.addr(32), dst.rkey(), kSig, 2));
   pump();
   const auto wcs = completions();
-  ASSERT_EQ(wcs.size(), 2u);
-  EXPECT_EQ(wcs[0].wr_id, 1u);
-  EXPECT_EQ(wcs[0].status, WcStatus::kSuccess) << describe(wcs[0]);
-  EXPECT_EQ(wcs[1].wr_id, 2u);
-  EXPECT_EQ(wcs[1].status, WcStatus::kSuccess) << describe(wcs[1]);
+  ASSERT_TRUE(InOrderAndSuccessful(wcs, 1, 2));
   EXPECT_TRUE(BytesEqual(dst.data(), src.data(), 64));
   EXPECT_EQ(a.stats().retransmits, 0u);
 }
@@ -79,9 +86,7 @@ TEST_P(CumulativeAck, OneAckFreesEveryEarlierUnacknowledgedWrite) {
   HL_ASSERT_OK(post_write(*p.a, src.sge(8 * (kWrites - 1), 8), dst.addr(8 * (kWrites - 1)), dst.rkey(), kSig, 99));
   pump();
   const auto wcs = completions();
-  ASSERT_EQ(wcs.size(), 1u);
-  EXPECT_EQ(wcs[0].wr_id, 99u);
-  EXPECT_EQ(wcs[0].status, WcStatus::kSuccess) << describe(wcs[0]);
+  ASSERT_TRUE(InOrderAndSuccessful(wcs, 99, 1));
   EXPECT_TRUE(BytesEqual(dst.data(), src.data(), 8 * kWrites));
   EXPECT_EQ(a.stats().retransmits, 0u);
   // Every WQEBB was retired: a full ring's worth posts without kResourceExhausted.
@@ -112,11 +117,7 @@ TEST_P(CumulativeAck, ALostReadResponseIsRetransmittedWhenALaterAckArrives) {
   EXPECT_EQ(a.stats().retransmits, 1u);
   pump();
   const auto wcs = completions();
-  ASSERT_EQ(wcs.size(), 4u);
-  for (int k = 0; k < 4; ++k) {
-    EXPECT_EQ(wcs[k].wr_id, uint64_t(1 + k));
-    EXPECT_EQ(wcs[k].status, WcStatus::kSuccess) << describe(wcs[k]);
-  }
+  ASSERT_TRUE(InOrderAndSuccessful(wcs, 1, 4));
   EXPECT_EQ(wcs[0].opcode, WcOpcode::kRdmaRead);
   EXPECT_EQ(wcs[0].byte_len, 256u);
   EXPECT_TRUE(BytesEqual(local.data(), remote.data(), 256));
@@ -140,11 +141,7 @@ TEST_P(CumulativeAck, ALostAtomicResponseIsRetransmittedAndAppliedOnce) {
   lossy(false);
   pump();
   const auto wcs = completions();
-  ASSERT_EQ(wcs.size(), 2u);
-  EXPECT_EQ(wcs[0].wr_id, 1u);
-  EXPECT_EQ(wcs[0].status, WcStatus::kSuccess) << describe(wcs[0]);
-  EXPECT_EQ(wcs[1].wr_id, 2u);
-  EXPECT_EQ(wcs[1].status, WcStatus::kSuccess) << describe(wcs[1]);
+  ASSERT_TRUE(InOrderAndSuccessful(wcs, 1, 2));
   EXPECT_EQ(result.u64(0), 40u);  // the value before the (one) add
   EXPECT_EQ(word.u64(0), 42u);
   EXPECT_EQ(a.stats().retransmits, 1u);
@@ -166,12 +163,8 @@ TEST_P(CumulativeAck, ALostAtomicResponseBehindManyLaterAtomicsIsStillAnsweredOn
   lossy(false);
   pump();
   const auto wcs = completions();
-  ASSERT_EQ(wcs.size(), size_t(kAtomics));
-  for (int k = 0; k < kAtomics; ++k) {
-    EXPECT_EQ(wcs[k].wr_id, uint64_t(k + 1));
-    EXPECT_EQ(wcs[k].status, WcStatus::kSuccess) << describe(wcs[k]);
-    EXPECT_EQ(results.u64(8 * k), 1000u + k) << "add " << k;
-  }
+  ASSERT_TRUE(InOrderAndSuccessful(wcs, 1, kAtomics));
+  for (int k = 0; k < kAtomics; ++k) EXPECT_EQ(results.u64(8 * k), 1000u + k) << "add " << k;
   EXPECT_EQ(word.u64(0), 1000u + kAtomics);  // each add applied once
 }
 
