@@ -49,6 +49,10 @@ struct DeviceCaps {
   bool atomics = false;            // ATOMIC_CS / ATOMIC_FA
   bool persistent_memory = false;  // persistent memory regions
   bool completion_channel = false; // create_completion_channel, CompletionQueue::arm
+  bool nop = false;                // WrOpcode::kNop (not a verbs opcode: kNotSupported there)
+  // WorkCompletion::opcode is meaningful on error completions too. Verbs
+  // defines ibv_wc::opcode only for successful ones: kUnknown there.
+  bool error_cqe_opcode = false;
   uint32_t max_sge = 0;
   uint32_t max_inline_data = 0;
   uint32_t max_send_wqebbs = 0;    // per send queue, power of two
@@ -288,6 +292,10 @@ struct QpAttr {
   bool managed_recv = false;     // consumes only what a RECV_EN enabled
   uint8_t rnr_retry = 7;         // 7 = retry forever, as in IB
   uint8_t retry_count = 7;       // transport retries before kRetryExceeded
+  // Local ACK timeout as IB encodes it: 4.096 us * 2^ack_timeout (14: 67 ms;
+  // 0: wait forever). Verbs devices take it as is; the software RNIC uses
+  // its NicOptions::ack_timeout_ns instead.
+  uint8_t ack_timeout = 14;
 };
 
 class QueuePair {

@@ -104,6 +104,8 @@ Result<std::unique_ptr<Nic>> Fabric::create_nic(NicOptions options) {
   c.atomics = true;
   c.persistent_memory = true;  // MRs inside a PersistentMemory (hyperloop/pmem.h)
   c.completion_channel = true;
+  c.nop = true;
+  c.error_cqe_opcode = true;  // the engine names the failed WQE's opcode
   c.max_sge = mlx5::kMaxSge;
   c.max_inline_data = mlx5::kMaxInlineBytes;
   c.max_send_wqebbs = 32768;  // half the 16-bit counter space: full and empty stay distinct
