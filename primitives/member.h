@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <string>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -55,6 +56,12 @@ struct Member {
   bool local_pending = false;  // CPU mode: message recv_seq-1 waits for its local op
   bool started = false;        // armed and serving; the agent skips it before
   std::atomic<bool> broken{false};
+  std::string why;  // what broke it first (for the member_broken log)
+
+  // Marks the member broken; the first reason is kept.
+  void fail(std::string reason) {
+    if (!broken.exchange(true)) why = std::move(reason);
+  }
 
   std::byte* slot_buf(uint64_t seq) const { return ctrl_mem + kSlotsOffset + (seq & (opts.slots - 1)) * stride; }
   uint64_t addr_of(const std::byte* p) const { return reinterpret_cast<uint64_t>(p); }

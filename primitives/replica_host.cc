@@ -78,6 +78,12 @@ void set_wait_en(const mlx5::SendRingView& r, uint64_t bb, uint32_t max_index) {
   std::memcpy(wqe_at(r, bb) + mlx5::kWaitEnIndexOffset, &be, 4);
 }
 
+// The reason a failed completion broke a member, for its log line.
+std::string wc_reason(const char* queue, const rnic::WorkCompletion& wc) {
+  return std::string(queue) + "'s completion " + std::string(rnic::wc_status_name(wc.status)) +
+         " (wr_id " + std::to_string(wc.wr_id) + ", vendor syndrome " + std::to_string(wc.vendor_syndrome) + ")";
+}
+
 // Slot `seq`'s positions. Every WQE is one WQEBB, so positions are counters:
 // loop: seq; out: 2 seq (forward WRITE), 2 seq + 1 (SEND); master: 4 seq .. 4 seq + 3.
 constexpr uint64_t kMasterPerSlot = 4;
@@ -119,7 +125,12 @@ Result<MemberInfo> internal::create_member(ReplicaHost& host, uint32_t tenant_id
   HL_ASSIGN_OR_RETURN(m->in_rcq, dev.create_cq({.cqe_count = std::max<uint32_t>(S, 64) * 2, .ignore_overrun = offload}));
   HL_ASSIGN_OR_RETURN(m->loop_scq, dev.create_cq({.cqe_count = std::max<uint32_t>(S, 64) * 2, .ignore_overrun = offload}));
   HL_ASSIGN_OR_RETURN(m->out_scq, dev.create_cq({.cqe_count = std::max<uint32_t>(S, 64) * 4}));
-  HL_ASSIGN_OR_RETURN(m->misc_cq, dev.create_cq({.cqe_count = 1024, .ignore_overrun = true}));
+  // What nobody polls: error and flush completions of the QPs that post
+  // nothing of their own (in's send side, out's and loop's receive sides,
+  // loop_peer, ctrl_qp) and, in offload mode, the master's WAITs/SEND_ENs.
+  // Only the latter can fill it, so only offload (which needs cross-channel
+  // devices, all of which ignore overrun) asks to ignore overrun.
+  HL_ASSIGN_OR_RETURN(m->misc_cq, dev.create_cq({.cqe_count = 1024, .ignore_overrun = offload}));
 
   rnic::QpAttr a;
   a.max_recv_sge = 8;
@@ -324,11 +335,11 @@ size_t ReplicaHost::Impl::serve_offload(Member& m) {
   for (;;) {
     auto r = m.out_scq->poll(wc);
     if (!r.is_ok()) {
-      m.broken = true;
+      m.fail("polling out's CQ: " + r.status().to_string());
       return 0;
     }
     for (size_t k = 0; k < *r; ++k) {
-      if (wc[k].status != rnic::WcStatus::kSuccess) m.broken = true;
+      if (wc[k].status != rnic::WcStatus::kSuccess) m.fail(wc_reason("out", wc[k]));
       if (wc[k].opcode == rnic::WcOpcode::kSend) ++m.done_seq;
     }
     taken += *r;
@@ -348,8 +359,8 @@ size_t ReplicaHost::Impl::serve_offload(Member& m) {
       (free_slots > 0 && (ahead < m.opts.rearm_batch || m.quiet_turns >= 2))) {
     const uint64_t upto = m.armed_seq + free_slots;
     for (uint64_t s = m.armed_seq; s < upto; ++s) rearm_slot(m, s);
-    if (!ring_rearmed(m, upto).is_ok()) {
-      m.broken = true;
+    if (Status st = ring_rearmed(m, upto); !st.is_ok()) {
+      m.fail("re-arming: " + st.to_string());
       return work;
     }
     rearmed.fetch_add(free_slots, std::memory_order_relaxed);
@@ -439,14 +450,15 @@ size_t ReplicaHost::Impl::serve_cpu(Member& m) {
   for (;;) {
     auto r = m.out_scq->poll(wc);
     if (!r.is_ok()) {
-      m.broken = true;
+      m.fail("polling out's CQ: " + r.status().to_string());
       break;
     }
     for (size_t k = 0; k < *r && !m.broken; ++k) {
       if (wc[k].status != rnic::WcStatus::kSuccess) {
-        m.broken = true;
+        m.fail(wc_reason("out", wc[k]));
       } else if (wc[k].opcode == rnic::WcOpcode::kSend) {
-        if (!post_cpu_recv(m, m.done_seq + m.opts.slots).is_ok()) m.broken = true;
+        if (Status st = post_cpu_recv(m, m.done_seq + m.opts.slots); !st.is_ok())
+          m.fail("posting a receive on in: " + st.to_string());
         ++m.done_seq;
         m.armed_seq = m.done_seq + m.opts.slots;
         ++work;
@@ -457,27 +469,29 @@ size_t ReplicaHost::Impl::serve_cpu(Member& m) {
   while (!m.broken && work < 16) {
     if (m.local_pending) {
       auto p = m.loop_scq->poll({wc, 1});
-      if (!p.is_ok() || (*p && wc[0].status != rnic::WcStatus::kSuccess)) m.broken = true;
+      if (!p.is_ok()) m.fail("polling loop's CQ: " + p.status().to_string());
+      else if (*p && wc[0].status != rnic::WcStatus::kSuccess) m.fail(wc_reason("loop", wc[0]));
       if (m.broken || *p == 0) break;
       m.local_pending = false;
     } else {
       auto r = m.in_rcq->poll({wc, 1});
-      if (!r.is_ok() || (*r && wc[0].status != rnic::WcStatus::kSuccess)) m.broken = true;
+      if (!r.is_ok()) m.fail("polling in's CQ: " + r.status().to_string());
+      else if (*r && wc[0].status != rnic::WcStatus::kSuccess) m.fail(wc_reason("in", wc[0]));
       if (m.broken || *r == 0) break;
       ++m.recv_seq;
       mlx5::SendWqe w;
       SendWr wr;
       bool ok;
       if (cpu_local_wr(m, m.recv_seq - 1, w, wr, ok)) {
-        if (!m.loop->post_send(wr).is_ok()) m.broken = true;
+        if (Status st = m.loop->post_send(wr); !st.is_ok()) m.fail("posting the local operation: " + st.to_string());
         m.local_pending = true;
         continue;
       }
-      if (!ok) m.broken = true;
+      if (!ok) m.fail("malformed local-operation entry in message " + std::to_string(m.recv_seq - 1));
       if (m.broken) break;
     }
-    if (!cpu_forward(m, m.recv_seq - 1).is_ok()) {
-      m.broken = true;
+    if (Status st = cpu_forward(m, m.recv_seq - 1); !st.is_ok()) {
+      m.fail("forwarding: " + st.to_string());
       break;
     }
     forwarded.fetch_add(1, std::memory_order_relaxed);
@@ -494,7 +508,7 @@ size_t ReplicaHost::Impl::serve(Member& m) {
     broken_total.fetch_add(1, std::memory_order_relaxed);
     log(LogLevel::kWarn, "member", "member_broken",
         {{"tenant", m.tenant->id}, {"pos", m.pos}, {"n", m.n}, {"mode", forward_mode_name(m.opts.mode)},
-         {"done_seq", m.done_seq}, {"reason", "a queue of the member failed (peer gone, link cut or error completion)"}});
+         {"done_seq", m.done_seq}, {"reason", m.why.empty() ? std::string("a queue of the member failed") : m.why}});
   }
   return work;
 }

@@ -11,6 +11,9 @@
 
 #include "hyperloop/rnic.h"
 #include "hyperloop/soft_rnic.h"
+#ifdef HYPERLOOP_HAVE_VERBS
+#include "hyperloop/verbs_rnic.h"
+#endif
 
 namespace hyperloop::rnic {
 
@@ -23,10 +26,28 @@ Result<std::unique_ptr<Device>> open_device(std::string_view name) {
     soft::default_executor().add(**nic);
     return std::unique_ptr<Device>(std::move(nic).value());
   }
+#ifdef HYPERLOOP_HAVE_VERBS
+  // Every rdma-core device, mlx5_* included, opens through standard verbs
+  // (rnic/mlx5, with cross-channel, is issue 15's).
+  auto d = verbs::open(name);
+  if (d.is_ok() || d.status().code() != StatusCode::kNotFound) return d;
+  return not_found("no RNIC named '" + std::string(name) + "' (this machine has: " + [] {
+    std::string s;
+    for (const auto& n : list_devices()) s += (s.empty() ? "" : ", ") + n;
+    return s;
+  }() + ")");
+#else
   return not_found("no RNIC named '" + std::string(name) +
                    "' (this build has: soft; rdma-core backends are not built in)");
+#endif
 }
 
-std::vector<std::string> list_devices() { return {"soft"}; }
+std::vector<std::string> list_devices() {
+  std::vector<std::string> out{"soft"};
+#ifdef HYPERLOOP_HAVE_VERBS
+  for (auto& n : verbs::device_names()) out.push_back(std::move(n));
+#endif
+  return out;
+}
 
 }  // namespace hyperloop::rnic

@@ -4,8 +4,9 @@
 // into work-queue memory, so the mlx5 WQE ring format is part of the contract
 // (see hyperloop/mlx5/wqe.h). Backends:
 //   "soft", "soft:<name>"  rnic/soft, the software RNIC (embedded default)
-//   "mlx5_*"               rnic/mlx5, ConnectX through rdma-core mlx5dv/DevX
-//   other rdma-core names  rnic/verbs, standard verbs, no cross-channel
+//   rdma-core names        rnic/verbs (hyperloop/verbs_rnic.h): rxe0, mlx5_0,
+//                          ... through standard verbs, no cross-channel
+//                          (rnic/mlx5 with DevX cross-channel is to come)
 //
 // Capabilities are explicit (DeviceCaps); an operation the device cannot do
 // returns StatusCode::kNotSupported, never undefined behaviour.
@@ -49,6 +50,7 @@ struct DeviceCaps {
   bool atomics = false;            // ATOMIC_CS / ATOMIC_FA
   bool persistent_memory = false;  // persistent memory regions
   bool completion_channel = false; // create_completion_channel, CompletionQueue::arm
+  bool cq_ignore_overrun = false;  // CqAttr::ignore_overrun (not in standard verbs)
   bool nop = false;                // WrOpcode::kNop (not a verbs opcode: kNotSupported there)
   // WorkCompletion::opcode is meaningful on error completions too. Verbs
   // defines ibv_wc::opcode only for successful ones: kUnknown there.
@@ -241,7 +243,8 @@ class CompletionChannel {
 struct CqAttr {
   uint32_t cqe_count = 1024;     // power of two, at most caps.max_cqe
   // Keep writing CQEs when nobody consumes them (a CQ only WAITed on). Without
-  // it a full CQ is an overrun: the producing QP goes to ERROR.
+  // it a full CQ is an overrun: the producing QP goes to ERROR. Needs
+  // caps.cq_ignore_overrun (otherwise kNotSupported).
   bool ignore_overrun = false;
   // Where arm()ed completions fire (see CompletionChannel); null: arm() is
   // kFailedPrecondition. Must be a channel of the same device (kInvalidArgument).

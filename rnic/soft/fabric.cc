@@ -104,6 +104,7 @@ Result<std::unique_ptr<Nic>> Fabric::create_nic(NicOptions options) {
   c.atomics = true;
   c.persistent_memory = true;  // MRs inside a PersistentMemory (hyperloop/pmem.h)
   c.completion_channel = true;
+  c.cq_ignore_overrun = true;
   c.nop = true;
   c.error_cqe_opcode = true;  // the engine names the failed WQE's opcode
   c.max_sge = mlx5::kMaxSge;
