@@ -14,6 +14,7 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <poll.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -497,6 +498,40 @@ inline std::optional<WorkCompletion> spin_poll_one(CompletionQueue& cq, uint64_t
     if ((i & 63) == 63) std::this_thread::yield();
   }
   return std::nullopt;
+}
+
+// ---- completion channels ------------------------------------------------------------------
+// How long NoEvent waits for an event that must not come (an upper bound, not a sleep).
+inline constexpr int64_t kNoEventWaitNs = 1'000'000;
+
+inline bool fd_readable(int fd, int timeout_ms) {
+  pollfd p{fd, POLLIN, 0};
+  const int r = ::poll(&p, 1, timeout_ms);
+  return r == 1 && (p.revents & POLLIN);
+}
+
+inline ::testing::AssertionResult NoEvent(rn::CompletionChannel& ch) {
+  auto r = ch.wait(kNoEventWaitNs);
+  if (r.is_ok()) return ::testing::AssertionFailure() << "an event fired for CQ " << (*r)->cqn();
+  if (r.status().code() != StatusCode::kDeadlineExceeded)
+    return ::testing::AssertionFailure() << "wait failed: " << r.status().to_string();
+  return ::testing::AssertionSuccess();
+}
+
+// An event is pending now (wait(0) does not block) and it names `cq`.
+inline ::testing::AssertionResult EventFor(rn::CompletionChannel& ch, const CompletionQueue* cq) {
+  auto r = ch.wait(0);
+  if (!r.is_ok()) return ::testing::AssertionFailure() << "no event: " << r.status().to_string();
+  if (*r != cq) return ::testing::AssertionFailure() << "the event names CQ " << (*r)->cqn() << ", not " << cq->cqn();
+  return ::testing::AssertionSuccess();
+}
+
+// Attributes with the given send and receive CQs.
+inline QpAttr attr_with(CompletionQueue& scq, CompletionQueue& rcq) {
+  QpAttr a;
+  a.send_cq = &scq;
+  a.recv_cq = &rcq;
+  return a;
 }
 
 // ---- flags ----------------------------------------------------------------------------------
