@@ -255,7 +255,7 @@ TEST_F(PerfToolTest, JsonIsOneObjectWithTheSetUpAndOrderedResults) {
   const JsonObject* o = j.object();
   ASSERT_NE(o, nullptr) << r.out;
   for (const char* key : {"tool", "device", "backend", "mode", "role", "op", "replicas", "size", "iterations",
-                          "warmup", "depth", "host_cpus", "host_cpus_usable", "cpu_model", "emulated", "note",
+                          "warmup", "depth", "slots", "host_cpus", "host_cpus_usable", "cpu_model", "emulated", "note",
                           "results"})
     EXPECT_TRUE(o->count(key)) << "no key '" << key << "' in " << r.out;
   ASSERT_TRUE(o->count("results") && o->count("device") && o->count("replicas") && o->count("op"));
@@ -289,6 +289,7 @@ TEST_F(PerfToolTest, BadFlagsExit2WithUsage) {
       {"--bogus"},           {"-n"},          {"-n", "0"},          {"-r", "8"},
       {"--mode", "fast"},    {"--op", "xor"}, {"-s", "12x"},        {"--role", "client"},
       {"--role", "server"},  {"--secret", "abc"}, {"--role", "client", "--connect", "127.0.0.1:1"},
+      {"--slots", "48"},     {"--slots", "8", "-q", "16"},
       {"-s", "1M", "-q", "16"}};  // 16 MiB of gWRITEs in flight: more than the region
   for (const auto& args : cases) {
     SCOPED_TRACE(join(args));

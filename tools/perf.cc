@@ -78,6 +78,8 @@ constexpr const char* kUsage =
     "      --secret HEX       server and client: the tenant's secret (>= 16 bytes as hex)\n"
     "      --tenant ID        tenant id (default 1)\n"
     "      --region BYTES     replica region size, same on server and client (default 8M)\n"
+    "      --slots N          armed operation slots per replica, a power of two\n"
+    "                         (default 256, raised to twice -q; given: at least -q)\n"
     "      --timeout-ms N     an operation not acknowledged by then fails (default 5000)\n"
     "      --json             print one JSON object instead of the table\n"
     "      --list             print the devices found and exit\n"
@@ -105,6 +107,8 @@ struct Options {
   uint32_t tenant = 1;
   uint64_t region = 8 << 20;
   uint64_t timeout_ms = 5000;
+  uint32_t slots = 256;
+  bool slots_given = false;
   bool json = false;
   bool list = false;
   bool help = false;
@@ -282,6 +286,11 @@ std::string parse_args(int argc, char** argv, Options* o) {
       if (!(err = number(64, 1ull << 36)).empty()) return err;
       if (x % 8) return "--region must be a multiple of 8 bytes";
       o->region = x;
+    } else if (flag == "--slots") {
+      if (!(err = number(2, 4096)).empty()) return err;
+      if (x & (x - 1)) return "--slots must be a power of two";
+      o->slots = uint32_t(x);
+      o->slots_given = true;
     } else if (flag == "--timeout-ms") {
       if (!(err = number(1, 3'600'000)).empty()) return err;
       o->timeout_ms = x;
@@ -307,6 +316,8 @@ std::string parse_args(int argc, char** argv, Options* o) {
   if (o->role == Role::kAll && !o->secret.empty()) return "--secret is for --role server and client";
   if (o->role == Role::kServer && o->port && uint32_t(o->port) + o->replicas - 1 > 65535)
     return "--port " + std::to_string(o->port) + " leaves no room for " + std::to_string(o->replicas) + " ports";
+  if (o->slots_given && o->run_bw && o->slots < o->depth)
+    return "--slots " + std::to_string(o->slots) + " is less than -q " + std::to_string(o->depth);
   // The region must hold what the operations touch (the server's region is
   // what the client must match; it is checked there by Group::connect).
   if (o->role != Role::kServer) {
@@ -600,6 +611,7 @@ struct Report {
   uint32_t replicas = 0;
   uint64_t size = 0, iters = 0, warmup = 0;
   uint32_t depth = 0;
+  uint32_t slots = 0;
   HostFacts host;
   std::vector<Row> rows;
 };
@@ -615,6 +627,7 @@ void print_table(const Report& r) {
   std::printf(" iterations  : %llu (warm-up %llu)\n", static_cast<unsigned long long>(r.iters),
               static_cast<unsigned long long>(r.warmup));
   std::printf(" bw depth    : %u operations in flight\n", r.depth);
+  std::printf(" slots       : %u per replica\n", r.slots);
   std::printf(" host cpus   : %ld online, %ld usable (%s)\n", r.host.cpus, r.host.cpus_usable,
               r.host.cpu_model.empty() ? "unknown model" : r.host.cpu_model.c_str());
   if (const std::string note = host_note(r.host); !note.empty()) std::printf(" note        : %s\n", note.c_str());
@@ -664,6 +677,7 @@ void print_json(const Report& r) {
   key("iterations"), j += std::to_string(r.iters);
   key("warmup"), j += std::to_string(r.warmup);
   key("depth"), j += std::to_string(r.depth);
+  key("slots"), j += std::to_string(r.slots);
   key("host_cpus"), j += std::to_string(r.host.cpus);
   key("host_cpus_usable"), j += std::to_string(r.host.cpus_usable);
   key("cpu_model"), j += json_string(r.host.cpu_model);
@@ -761,9 +775,9 @@ int run_client(const Options& o, const HostFacts& host) {
   go.tenant = o.tenant;
   go.region_size = o.region;
   go.mode = o.mode;
-  go.slots = 256;
-  while (go.slots < 2 * depth) go.slots *= 2;
-  go.rearm_batch = 32;
+  go.slots = o.slots;
+  while (!o.slots_given && go.slots < 2 * depth) go.slots *= 2;
+  go.rearm_batch = std::min<uint32_t>(32, go.slots / 4);
   go.staging_bytes = std::max<size_t>(4 << 20, size_t(write_stride(o.size)) * (depth + 1));
   go.op_timeout_ns = Workload::g_timeout_ns;
   go.secret = o.secret;
@@ -795,6 +809,7 @@ int run_client(const Options& o, const HostFacts& host) {
   report.iters = o.iters;
   report.warmup = o.warmup;
   report.depth = o.depth;
+  report.slots = go.slots;
   report.host = host;
 
   Workload w(o.op, o.size, depth, o.region);
