@@ -1,15 +1,25 @@
 // hyperloop-replica: a replica host as a process.
 //
-// Hosts persistent regions for many tenants on a software NIC reachable over
-// TCP, serves the chain (the NIC forwards by itself in offload mode), re-arms
-// in the background, and answers clients' set-up requests (Group::connect).
+// Hosts persistent regions for many tenants on an RNIC (by default a software
+// NIC reachable over TCP; `device NAME` opens any device of the build, e.g. a
+// verbs device such as rxe0), serves the chain (the NIC forwards by itself in
+// offload mode; the agent forwards in CPU-forwarding mode), re-arms in the
+// background, and answers clients' set-up requests (Group::connect) over TCP.
 //
 //   hyperloop-replica CONFIG          serve
 //   hyperloop-replica --stats IP:PORT print a running daemon's metrics
 //                                     (Prometheus text format) and exit
 //
 // CONFIG, one directive per line ('#' starts a comment):
-//   address 127.0.0.1            IPv4 address for the data wire and control
+//   device soft                  the RNIC (default soft: a software NIC on a
+//                                fabric listening on address:data_port). Any
+//                                other name is rnic::open_device(NAME) (e.g.
+//                                rxe0, mlx5_0): its data path is that device;
+//                                the data_* directives (the soft TCP wire's)
+//                                are then a config error (exit 2), and an
+//                                unknown name is exit 1 with open_device's
+//                                message (it lists the devices found)
+//   address 127.0.0.1            IPv4 address for control (and the soft wire)
 //   data_port 0                  the soft fabric's TCP port (0: any free)
 //   control_port 7400            where clients connect (0: any free)
 //   tenant 1 1048576 /path/t1.pmem secret=HEX
@@ -21,13 +31,14 @@
 // Limits (defaults and meaning in docs/daemon.md):
 //   control:  max_connections N  max_unauthenticated N  auth_timeout_ms N
 //             client_timeout_ms N  max_slots N  max_region_bytes N
-//   data wire: data_max_connections N  data_inflight_packets N  data_inflight_bytes N
-//             data_send_queue_bytes N  data_connect_timeout_ms N
+//   data wire (device soft only): data_max_connections N  data_inflight_packets N
+//             data_inflight_bytes N  data_send_queue_bytes N  data_connect_timeout_ms N
 //             data_send_stall_timeout_ms N  max_message_bytes N
 //   log_level debug|info|warn|error
 //
 // On start it prints "ready control=<port> data=<port>" on stdout (tests wait
-// for that line), then serves until SIGTERM/SIGINT; it logs to stderr in
+// for that line; data=0 on a device other than soft, which has no TCP data
+// port), then serves until SIGTERM/SIGINT; it logs to stderr in
 // logfmt. Files are created when missing and found again after a restart:
 // what was made durable is there.
 // Region files have one owner (hyperloop/pmem.h): two tenants on one file
@@ -45,6 +56,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -52,6 +65,7 @@
 #include "control.h"
 #include "hyperloop/log.h"
 #include "hyperloop/primitives.h"
+#include "hyperloop/rnic.h"
 #include "hyperloop/soft_rnic.h"
 
 using namespace hyperloop;
@@ -65,6 +79,7 @@ struct TenantConfig {
   std::string secret;  // raw bytes
 };
 struct Config {
+  std::string device = "soft";
   std::string address = "127.0.0.1";
   uint16_t data_port = 0;
   uint16_t control_port = 0;
@@ -73,6 +88,7 @@ struct Config {
   uint64_t max_region_bytes = 64ull << 30;
   LogLevel log_level = LogLevel::kInfo;
   soft::FabricOptions wire;
+  std::string first_wire_line;  // "file:line: key" of the first data_* (or max_message_bytes) directive
 };
 
 constexpr size_t kMinSecretBytes = 16;
@@ -157,7 +173,14 @@ Result<Config> parse_config(const std::string& file) {
       return Status::ok();
     };
     uint64_t x = 0;
-    if (key == "max_connections") {
+    const bool wire_directive = key.rfind("data_", 0) == 0 || key == "max_message_bytes";
+    if (wire_directive && c.first_wire_line.empty()) c.first_wire_line = where + key;
+    if (key == "device") {
+      if (!(ls >> c.device)) return invalid_argument(where + "device needs a name (soft, or a device such as rxe0)");
+      if (c.device.rfind("soft:", 0) == 0)
+        return invalid_argument(where + "device " + c.device +
+                                " is an in-process soft NIC no other process can reach; use device soft");
+    } else if (key == "max_connections") {
       HL_RETURN_IF_ERROR(number(1, 65536, &x));
       c.control.max_connections = uint32_t(x);
     } else if (key == "max_unauthenticated") {
@@ -246,6 +269,12 @@ Result<Config> parse_config(const std::string& file) {
     if (ls >> extra) return invalid_argument(where + "unexpected '" + extra + "'");
   }
   if (c.tenants.empty()) return invalid_argument(file + ": no tenant lines");
+  // The data_* directives configure the soft NIC's TCP wire; another device
+  // carries data itself. Refused rather than ignored, so that a limit an
+  // operator set is never silently not in force.
+  if (c.device != "soft" && !c.first_wire_line.empty())
+    return invalid_argument(c.first_wire_line + " configures the soft device's TCP wire, but the device is " +
+                            c.device + ", which carries data itself: remove the line");
   return c;
 }
 
@@ -299,26 +328,44 @@ int main(int argc, char** argv) {
   auto config = parse_config(argv[1]);
   if (!config) return fail("config", config.status(), 2);
   set_log_sink(stderr_log_sink(), config->log_level);
-  soft::Fabric fabric(config->wire);
-  auto data_port = fabric.listen(config->address, config->data_port);
-  if (!data_port) return fail("data wire", data_port.status());
-  auto nic = fabric.create_nic({.name = "replica"});
-  if (!nic) return fail("NIC", nic.status());
-  soft::SingleThreadExecutor executor;
-  executor.add(**nic);
-  auto host = prim::ReplicaHost::create(**nic);
+  // The device: a soft NIC on a listening fabric of its own (device soft), or
+  // a device opened by name. Destroyed after the host (declared before it).
+  std::unique_ptr<soft::Fabric> fabric;
+  std::optional<soft::SingleThreadExecutor> executor;
+  std::unique_ptr<rnic::Device> device;
+  uint16_t data_port = 0;  // 0: the device has no TCP data port
+  if (config->device == "soft") {
+    fabric = std::make_unique<soft::Fabric>(config->wire);
+    auto port = fabric->listen(config->address, config->data_port);
+    if (!port) return fail("data wire", port.status());
+    data_port = *port;
+    auto nic = fabric->create_nic({.name = "replica"});
+    if (!nic) return fail("NIC", nic.status());
+    executor.emplace();
+    executor->add(**nic);
+    device = std::move(*nic);
+  } else {
+    auto d = rnic::open_device(config->device);
+    if (!d) return fail(("device " + config->device).c_str(), d.status());
+    device = std::move(*d);
+  }
+  log(LogLevel::kInfo, "daemon", "device",
+      {{"device", config->device}, {"name", device->caps().name}, {"backend", device->caps().backend},
+       {"data", config->device == "soft" ? "soft TCP wire" : "the device (no TCP data port)"}});
+  auto host = prim::ReplicaHost::create(*device);
   if (!host) return fail("replica host", host.status());
   for (const auto& t : config->tenants)
     if (auto s = (*host)->register_tenant(t.id, t.size, t.path, t.secret); !s)
       return fail(("tenant " + std::to_string(t.id) + " (" + t.path + ")").c_str(), s);
-  config->control.extra_metrics = [&fabric] { return wire_metrics(fabric.wire_stats()); };
+  if (fabric) config->control.extra_metrics = [f = fabric.get()] { return wire_metrics(f->wire_stats()); };
   auto control_port = (*host)->serve_control(config->address, config->control_port, config->control);
   if (!control_port) return fail("control", control_port.status());
   log(LogLevel::kInfo, "daemon", "ready",
-      {{"address", config->address}, {"control_port", *control_port}, {"data_port", *data_port},
+      {{"address", config->address}, {"device", config->device}, {"control_port", *control_port},
+       {"data_port", data_port},
        {"tenants", config->tenants.size()}, {"max_connections", config->control.max_connections},
        {"client_timeout_ms", config->control.client_timeout_ns / 1'000'000}});
-  std::printf("ready control=%u data=%u\n", unsigned(*control_port), unsigned(*data_port));
+  std::printf("ready control=%u data=%u\n", unsigned(*control_port), unsigned(data_port));
   std::fflush(stdout);
   int sig = 0;
   sigwait(&stop_signals, &sig);  // a signal sent at any time after the block is taken here
