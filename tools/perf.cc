@@ -433,11 +433,12 @@ class Workload {
   }
 
   // Before the first operation: gMEMCPY copies bytes that must be there.
-  Status prepare(Group& g) {
+  // (u outlives the group, as every Op the group may still hold must.)
+  Status prepare(Group& g, Unit& u, uint64_t timeout_ns) {
     if (kind_ != OpKind::kMemcpy) return Status::ok();
-    Op op;
-    HL_RETURN_IF_ERROR(g.write(op, 0, bytes()));
-    return g.wait(op, g_timeout_ns);
+    HL_RETURN_IF_ERROR(g.write(u.first, 0, bytes()));
+    HL_RETURN_IF_ERROR(g.wait(u.first, timeout_ns));
+    return u.first.status();
   }
 
   // Issues unit number i (0, 1, 2, ... in order).
@@ -496,8 +497,6 @@ class Workload {
     }
   }
 
-  static inline uint64_t g_timeout_ns = 5'000'000'000ull;
-
  private:
   std::span<const std::byte> bytes() const { return {payload_.data(), size_}; }
   OpKind kind_;
@@ -514,17 +513,19 @@ struct Sample {
   double wall_s = 0;             // the measured units, first issue to last completion
 };
 
-// Runs `count` units with up to `depth` in flight, numbered from *next on.
+// Runs `count` units with up to `depth` in flight, numbered from *next on,
+// in units[0, depth), which must outlive the group: on an error return some
+// may still be pending, and the group completes them (kAborted) when it goes.
 // The client busy-polls, yielding the core after 64 fruitless polls (on a
 // small machine its spinning would starve the NIC and agent threads it waits
 // for). A unit not done after the group's op_timeout plus a second fails the
 // run (the group fails it first when the chain broke).
-Status run_units(Group& g, Workload& w, uint32_t depth, uint64_t count, uint64_t* next, Sample* sample) {
-  std::vector<Unit> units(depth);
+Status run_units(Group& g, Workload& w, Unit* units, uint32_t depth, uint64_t count, uint64_t timeout_ns,
+                 uint64_t* next, Sample* sample) {
   const uint64_t base = *next;
   uint64_t issued = 0, retired = 0;
   if (sample) sample->lat_ns.reserve(count);
-  const auto bound = std::chrono::nanoseconds(Workload::g_timeout_ns) + std::chrono::seconds(1);
+  const auto bound = std::chrono::nanoseconds(timeout_ns) + std::chrono::seconds(1);
   uint32_t idle_polls = 0;
   auto last_progress = Clk::now();
   const auto start = last_progress;
@@ -557,7 +558,7 @@ Status run_units(Group& g, Workload& w, uint32_t depth, uint64_t count, uint64_t
     if ((idle_polls & 255) == 0 && Clk::now() - last_progress > bound)
       return Status(StatusCode::kDeadlineExceeded, "hyperloop-perf: operation " + std::to_string(base + retired) +
                                                        " not acknowledged within " +
-                                                       std::to_string(Workload::g_timeout_ns / 1'000'000 + 1000) +
+                                                       std::to_string(timeout_ns / 1'000'000 + 1000) +
                                                        " ms");
   }
   if (sample) sample->wall_s = std::chrono::duration<double>(Clk::now() - start).count();
@@ -758,7 +759,7 @@ int serve(const Options& o) {
 }
 
 int run_client(const Options& o, const HostFacts& host) {
-  Workload::g_timeout_ns = o.timeout_ms * 1'000'000;
+  const uint64_t timeout_ns = o.timeout_ms * 1'000'000;
   if (o.role == Role::kClient)
     if (auto s = prepare_wire(o.device, o.address); !s) return fail("data wire", s);
   // Destroyed in reverse: the group, the replica hosts and their devices, the
@@ -770,6 +771,8 @@ int run_client(const Options& o, const HostFacts& host) {
   if (o.role == Role::kAll)
     if (auto s = replicas.start(o); !s) return fail("replicas", s);
   const uint32_t depth = o.run_bw ? o.depth : 1;
+  // The operations' state, declared before the group so that it outlives it.
+  auto units = std::make_unique<Unit[]>(depth);
 
   prim::GroupOptions go;
   go.tenant = o.tenant;
@@ -779,7 +782,7 @@ int run_client(const Options& o, const HostFacts& host) {
   while (!o.slots_given && go.slots < 2 * depth) go.slots *= 2;
   go.rearm_batch = std::min<uint32_t>(32, go.slots / 4);
   go.staging_bytes = std::max<size_t>(4 << 20, size_t(write_stride(o.size)) * (depth + 1));
-  go.op_timeout_ns = Workload::g_timeout_ns;
+  go.op_timeout_ns = timeout_ns;
   go.secret = o.secret;
   go.progress = [] { std::this_thread::yield(); };  // the client's own waits (backpressure, READ)
   Result<std::unique_ptr<Group>> group = Status(StatusCode::kInternal, "no group");
@@ -813,7 +816,7 @@ int run_client(const Options& o, const HostFacts& host) {
   report.host = host;
 
   Workload w(o.op, o.size, depth, o.region);
-  if (auto s = w.prepare(g); !s) return fail("prepare", s);
+  if (auto s = w.prepare(g, units[0], timeout_ns); !s) return fail("prepare", s);
   uint64_t next = 0;
   struct Test {
     const char* name;
@@ -822,9 +825,11 @@ int run_client(const Options& o, const HostFacts& host) {
   };
   for (const Test& t : {Test{"lat", 1, o.run_lat}, Test{"bw", o.depth, o.run_bw}}) {
     if (!t.on) continue;
-    if (auto s = run_units(g, w, t.depth, o.warmup, &next, nullptr); !s) return fail(std::string(t.name) + " warm-up", s);
+    if (auto s = run_units(g, w, units.get(), t.depth, o.warmup, timeout_ns, &next, nullptr); !s)
+      return fail(std::string(t.name) + " warm-up", s);
     Sample sample;
-    if (auto s = run_units(g, w, t.depth, o.iters, &next, &sample); !s) return fail(t.name, s);
+    if (auto s = run_units(g, w, units.get(), t.depth, o.iters, timeout_ns, &next, &sample); !s)
+      return fail(t.name, s);
     report.rows.push_back(summarize(t.name, t.depth, sample, w.bytes_per_unit()));
   }
   if (auto s = w.verify(g); !s) return fail("verify", s);
