@@ -462,10 +462,7 @@ TEST_P(ModeTest, AnOpIsReusableOnceDone) {
 }
 
 // Several client threads share one Group (real threads, agent threads on the
-// hosts). Each owns a zone: it writes a record, copies it, flushes it and
-// bumps its own counter with gCAS, one batch at a time, pipelined inside the
-// batch. Every CAS must see the value the thread left, and at the end every
-// replica holds what the threads wrote.
+// hosts): client_threads_workload (prim_test_util.h).
 TEST_P(ModeTest, ClientThreadsSharingOneGroupEachSeeTheirOwnResults) {
   ClusterOptions o = options(3);
   o.drive = Drive::kThreads;
@@ -474,45 +471,8 @@ TEST_P(ModeTest, ClientThreadsSharingOneGroupEachSeeTheirOwnResults) {
   Cluster c(o);
   constexpr uint32_t kThreads = 4;
   const uint32_t batches = GetParam() == ForwardMode::kOffload ? 24 : 6;
-  constexpr uint64_t kZone = 4096, kRecord = 1024;
   Model m(c.n(), o.region_size);
-  std::atomic<int> failures{0};
-  std::vector<std::thread> threads;
-  for (uint32_t t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      const uint64_t zone = 8192 * (t + 1), counter = 8 * t;
-      uint64_t value = 0;
-      for (uint32_t b = 0; b < batches && failures == 0; ++b) {
-        const auto rec = pattern(1 + (b * 131 + t) % kRecord, t * 1000 + b);
-        Op w, cp, fl, cas;
-        Status s = c.group().write(w, zone, rec);
-        if (s.is_ok()) s = c.group().memcpy(cp, zone, zone + kZone - kRecord, rec.size());
-        if (s.is_ok()) s = c.group().flush(fl, zone, rec.size());
-        if (s.is_ok()) s = c.group().cas(cas, counter, value, value + 1, 0b111);
-        for (Op* op : {&w, &cp, &fl, &cas})
-          if (s.is_ok()) s = c.group().wait(*op);
-        bool cas_ok = s.is_ok();
-        for (uint32_t i = 0; cas_ok && i < 3; ++i) cas_ok = cas.old_values()[i] == value;
-        if (!cas_ok) {
-          ADD_FAILURE() << "thread " << t << " batch " << b << ": " << s.to_string();
-          ++failures;
-        }
-        ++value;
-      }
-    });
-  }
-  for (auto& th : threads) th.join();
-  ASSERT_EQ(failures, 0);
-  // The model of what the threads did, applied in each thread's order.
-  for (uint32_t t = 0; t < kThreads; ++t) {
-    const uint64_t zone = 8192 * (t + 1);
-    for (uint32_t b = 0; b < batches; ++b) {
-      const auto rec = pattern(1 + (b * 131 + t) % kRecord, t * 1000 + b);
-      m.write(zone, rec);
-      m.memcpy(zone, zone + kZone - kRecord, rec.size());
-    }
-    m.cas(8 * t, 0, batches, 0b111);  // the counter ends at `batches`
-  }
+  ASSERT_NO_FATAL_FAILURE(client_threads_workload(c, m, kThreads, batches));
   EXPECT_EQ(c.group().completed(), uint64_t(kThreads) * batches * 4);
   EXPECT_TRUE(c.regions_equal(m));
   EXPECT_TRUE(Cluster::reads_equal(c.group(), m));

@@ -9,6 +9,12 @@
 //             turn: deterministic, a seed reproduces a run.
 //   kThreads  a soft::SingleThreadExecutor and one agent thread per host (real
 //             time): for freezing agents and for several client threads.
+// With ClusterOptions::on_device (kThreads only) and HYPERLOOP_TEST_DEVICE
+// set, the client and every replica host get a device of their own opened by
+// name (device_test_util.h: checked to be that device) instead of soft NICs of
+// the private fabric; the soft-only accessors (client(), nic(i), fabric(),
+// packets_sent()) then throw, failing the test that calls them. Use
+// client_device() and device(i), which work in every mode.
 // A Model is the shadow of every replica's region: tests apply each operation
 // to it at issue time (operations take effect in issue order) and compare
 // every replica byte for byte, read both by the replica's CPU (peek) and by
@@ -18,6 +24,7 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -25,10 +32,13 @@
 #include <random>
 #include <span>
 #include <sstream>
+#include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "hyperloop/primitives.h"
+#include "device_test_util.h"
 #include "hyperloop/soft_rnic.h"
 #include "soft_test_util.h"
 
@@ -125,11 +135,16 @@ struct ClusterOptions {
   uint32_t agent_every = 2;     // kManual: executor steps per agent turn
   bool agents_run = true;       // kManual: false = the hook never runs agent turns
   bool make_group = true;       // create the Group for kTenant in the constructor
+  // kThreads: the devices are the device under test's when
+  // HYPERLOOP_TEST_DEVICE is set (device_test_util.h); else soft NICs as usual.
+  bool on_device = false;
 };
 
 class Cluster {
  public:
-  explicit Cluster(const ClusterOptions& o) : o_(o) {
+  explicit Cluster(const ClusterOptions& o) : o_(o), on_device_(o.on_device && device_test::device_mode()) {
+    if (on_device_ && o.drive != Drive::kThreads)
+      throw std::logic_error("ClusterOptions::on_device needs Drive::kThreads (a device runs in real time)");
     if (o.drive == Drive::kManual) {
       manual_ = std::make_unique<soft::ManualExecutor>(o.seed);
       ex_ = manual_.get();
@@ -137,15 +152,17 @@ class Cluster {
       threads_ = std::make_unique<soft::SingleThreadExecutor>();
       ex_ = threads_.get();
     }
-    client_ = new_nic("client");
+    client_dev_ = new_device("client");
+    if (!on_device_) client_ = static_cast<soft::Nic*>(client_dev_.get());
     for (uint32_t i = 0; i < o.replicas; ++i) {
-      nics_.push_back(new_nic("r" + std::to_string(i)));
-      hosts_.push_back(must(ReplicaHost::create(*nics_.back(), {.agent_thread = o.drive == Drive::kThreads}),
+      devs_.push_back(new_device("r" + std::to_string(i)));
+      if (!on_device_) nics_.push_back(static_cast<soft::Nic*>(devs_.back().get()));
+      hosts_.push_back(must(ReplicaHost::create(*devs_.back(), {.agent_thread = o.drive == Drive::kThreads}),
                             "ReplicaHost::create"));
       host_ptrs_.push_back(hosts_.back().get());
       must(hosts_.back()->register_tenant(kTenant, o.region_size), "register_tenant");
     }
-    if (o.make_group) group_ = must(Group::create(*client_, host_ptrs_, group_options()), "Group::create");
+    if (o.make_group) group_ = must(Group::create(*client_dev_, host_ptrs_, group_options()), "Group::create");
   }
   ~Cluster() {
     group_.reset();
@@ -190,13 +207,30 @@ class Cluster {
   Group& group() const { return *group_; }
   std::unique_ptr<Group>& group_ptr() { return group_; }
   soft::ManualExecutor& ex() const { return *manual_; }
-  soft::Fabric& fabric() { return fabric_; }
-  soft::Nic& client() const { return *client_; }
-  soft::Nic& nic(uint32_t i) const { return *nics_[i]; }
+  // Soft-only (they throw on the device under test): the soft NICs and their fabric.
+  soft::Fabric& fabric() {
+    soft_only("fabric()");
+    return fabric_;
+  }
+  soft::Nic& client() const {
+    soft_only("client()");
+    return *client_;
+  }
+  soft::Nic& nic(uint32_t i) const {
+    soft_only("nic(i)");
+    return *nics_[i];
+  }
+  // The client's and replica i's device, in every mode.
+  rnic::Device& client_device() const { return *client_dev_; }
+  rnic::Device& device(uint32_t i) const { return *devs_[i]; }
+  // The devices are the device under test's (HYPERLOOP_TEST_DEVICE).
+  bool on_device() const { return on_device_; }
   ReplicaHost& host(uint32_t i) const { return *hosts_[i]; }
   std::span<ReplicaHost* const> hosts() const { return host_ptrs_; }
   uint64_t now_ns() const { return manual_ ? manual_->now_ns() : monotonic_ns(); }
+  // A new soft NIC on the cluster's fabric and executor (soft-only).
   std::unique_ptr<soft::Nic> new_nic(const std::string& name) {
+    soft_only("new_nic()");
     soft::NicOptions no = o_.nic;
     no.name = name;
     auto nic = must(fabric_.create_nic(no), "create_nic");
@@ -243,9 +277,21 @@ class Cluster {
   // Total packets the client NIC and the replica NICs have sent: unchanged
   // across a call means nothing went on the wire.
   uint64_t packets_sent() const {
+    soft_only("packets_sent()");
     uint64_t p = client_->stats().packets_sent;
-    for (auto& nic : nics_) p += nic->stats().packets_sent;
+    for (auto* nic : nics_) p += nic->stats().packets_sent;
     return p;
+  }
+
+  // A new device: the device under test's when on_device(), else a soft NIC
+  // on the cluster's fabric and executor (what new_nic gives).
+  std::unique_ptr<rnic::Device> new_device(const std::string& name) {
+    if (on_device_) return must(device_test::open_device_under_test(), "the device under test");
+    soft::NicOptions no = o_.nic;
+    no.name = name;
+    auto nic = must(fabric_.create_nic(no), "create_nic");
+    ex_->add(*nic);
+    return nic;
   }
 
  private:
@@ -256,13 +302,22 @@ class Cluster {
   std::unique_ptr<soft::ManualExecutor> manual_;
   std::unique_ptr<soft::SingleThreadExecutor> threads_;
   soft::Executor* ex_ = nullptr;
-  std::unique_ptr<soft::Nic> client_;
-  std::vector<std::unique_ptr<soft::Nic>> nics_;
+  bool on_device_ = false;
+  std::unique_ptr<rnic::Device> client_dev_;
+  std::vector<std::unique_ptr<rnic::Device>> devs_;
+  soft::Nic* client_ = nullptr;   // the same devices as soft NICs (null on the device under test)
+  std::vector<soft::Nic*> nics_;
   std::vector<std::unique_ptr<ReplicaHost>> hosts_;
   std::vector<ReplicaHost*> host_ptrs_;
   std::unique_ptr<Group> group_;
   bool agents_run_ = true;
   uint64_t turns_ = 0;
+
+  void soft_only(const char* what) const {
+    if (on_device_)
+      throw std::logic_error(std::string("Cluster::") + what + " is soft-only, and this cluster runs on the device "
+                             "under test (" + device_test::test_device_name() + ")");
+  }
 };
 
 // ---- a mixed workload of all four kinds ----------------------------------------------------
@@ -398,5 +453,55 @@ class Workload {
   std::mt19937_64 rng_;
   size_t write_end_, src_begin_, dst_begin_, cas_begin_;
 };
+
+// ---- several client threads on one group ----------------------------------------------------
+// `threads` client threads share c's Group (kThreads: real threads, agent
+// threads on the hosts; at most 3 replicas' worth of counter mask is used,
+// and 8 threads). Each owns a zone: it writes a record, copies it, flushes it
+// and bumps its own counter with gCAS, one batch at a time, pipelined inside
+// the batch. Every CAS must see the value the thread left. Afterwards m holds
+// what the threads did (applied in each thread's order): compare with it.
+inline void client_threads_workload(Cluster& c, Model& m, uint32_t threads, uint32_t batches) {
+  constexpr uint64_t kZone = 4096, kRecord = 1024;
+  const uint32_t all = (1u << c.n()) - 1;
+  ASSERT_LE(threads, 8u);
+  ASSERT_GE(c.options().region_size, 8192 * (threads + 1));
+  std::atomic<int> failures{0};
+  std::vector<std::thread> workers;
+  for (uint32_t t = 0; t < threads; ++t) {
+    workers.emplace_back([&, t] {
+      const uint64_t zone = 8192 * (t + 1), counter = 8 * t;
+      uint64_t value = 0;
+      for (uint32_t b = 0; b < batches && failures == 0; ++b) {
+        const auto rec = pattern(1 + (b * 131 + t) % kRecord, t * 1000 + b);
+        Op w, cp, fl, cas;
+        Status s = c.group().write(w, zone, rec);
+        if (s.is_ok()) s = c.group().memcpy(cp, zone, zone + kZone - kRecord, rec.size());
+        if (s.is_ok()) s = c.group().flush(fl, zone, rec.size());
+        if (s.is_ok()) s = c.group().cas(cas, counter, value, value + 1, all);
+        for (Op* op : {&w, &cp, &fl, &cas})
+          if (s.is_ok()) s = c.group().wait(*op);
+        bool cas_ok = s.is_ok();
+        for (uint32_t i = 0; cas_ok && i < c.n(); ++i) cas_ok = cas.old_values()[i] == value;
+        if (!cas_ok) {
+          ADD_FAILURE() << "thread " << t << " batch " << b << ": " << s.to_string();
+          ++failures;
+        }
+        ++value;
+      }
+    });
+  }
+  for (auto& th : workers) th.join();
+  ASSERT_EQ(failures, 0);
+  for (uint32_t t = 0; t < threads; ++t) {
+    const uint64_t zone = 8192 * (t + 1);
+    for (uint32_t b = 0; b < batches; ++b) {
+      const auto rec = pattern(1 + (b * 131 + t) % kRecord, t * 1000 + b);
+      m.write(zone, rec);
+      m.memcpy(zone, zone + kZone - kRecord, rec.size());
+    }
+    m.cas(8 * t, 0, batches, all);  // the counter ends at `batches`
+  }
+}
 
 }  // namespace hyperloop::prim_test

@@ -6,6 +6,10 @@
 // Everything but the thread tests runs on the deterministic Drive::kManual
 // chain: a seed replays a run. Every check reads every replica's region with
 // its CPU (ReplicaHost::peek) besides the store's own reads.
+//
+// OnDevice/TxnThreads.* (kCpuForward) run on the device under test when
+// HYPERLOOP_TEST_DEVICE is set (device_test_util.h, tests/device-suites.sh):
+//   HYPERLOOP_TEST_DEVICE=rxe0 build/tests/txn_test --gtest_filter='OnDevice/*'
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -784,14 +788,21 @@ INSTANTIATE_TEST_SUITE_P(Modes, TxnLog, ::testing::ValuesIn(kBothModes), param_n
 // Client threads (real time: SingleThreadExecutor, agent threads)
 // =====================================================================================
 
-class TxnThreads : public ::testing::TestWithParam<ForwardMode> {
+// Modes/TxnThreads.*: soft NICs, both modes. OnDevice/TxnThreads.*: kCpuForward
+// on the device under test (HYPERLOOP_TEST_DEVICE; soft NICs when unset).
+class TxnThreads : public ::testing::TestWithParam<device_test::Where> {
  protected:
-  ForwardMode mode() const { return GetParam(); }
+  ForwardMode mode() const { return GetParam().mode; }
+  RigOptions threads_options(uint64_t seed) const {
+    RigOptions o = rig_options(mode(), seed);
+    o.drive = Drive::kThreads;
+    o.on_device = GetParam().on_device;
+    return o;
+  }
 };
 
 TEST_P(TxnThreads, ConcurrentBankTransfersKeepTheTotal) {
-  RigOptions o = rig_options(mode(), 51);
-  o.drive = Drive::kThreads;
+  RigOptions o = threads_options(51);
   o.op_timeout_ns = 30'000'000'000ull;  // only a stuck chain waits this long
   o.store.data_size = 16 << 10;
   o.store.log_size = 64 << 10;
@@ -911,8 +922,7 @@ TEST_P(TxnThreads, ConcurrentBankTransfersKeepTheTotal) {
 // stripe reads back its new value at once. (Commits are applied and reaped
 // in LSN order whichever thread gets back first.)
 TEST_P(TxnThreads, ConcurrentCommitsOnDisjointStripesStayReadable) {
-  RigOptions o = rig_options(mode(), 53);
-  o.drive = Drive::kThreads;
+  RigOptions o = threads_options(53);
   o.op_timeout_ns = 30'000'000'000ull;  // only a stuck chain waits this long
   o.store.data_size = 16 << 10;
   o.store.log_size = 64 << 10;
@@ -965,7 +975,10 @@ TEST_P(TxnThreads, ConcurrentCommitsOnDisjointStripesStayReadable) {
   EXPECT_TRUE(rig.consistent("after the rounds"));
 }
 
-INSTANTIATE_TEST_SUITE_P(Modes, TxnThreads, ::testing::ValuesIn(kBothModes), param_name);
+INSTANTIATE_TEST_SUITE_P(Modes, TxnThreads, ::testing::ValuesIn(device_test::kSoftModes),
+                         device_test::where_name<::testing::TestParamInfo<device_test::Where>>);
+INSTANTIATE_TEST_SUITE_P(OnDevice, TxnThreads, ::testing::ValuesIn(device_test::kOnDevice),
+                         device_test::where_name<::testing::TestParamInfo<device_test::Where>>);
 
 // A stripe held by a commit in flight (its forwarders frozen) is waited for
 // up to lock_timeout_ns, then the other transaction is kAborted; the first

@@ -9,6 +9,10 @@
 //         Drive::kManual (deterministic: the store's clock is the executor's
 //         virtual time, its progress hook steps the executor and runs every
 //         host's agent turn, replacement hosts included) or Drive::kThreads.
+//         RigOptions::on_device (kThreads, DRAM regions): on the device under
+//         test when HYPERLOOP_TEST_DEVICE is set (prim_test_util.h's Cluster,
+//         device_test_util.h); the client, replacement clients and hosts
+//         then get devices opened by that name.
 //   Layout the region layout of hyperloop/txn.h, computed from the options:
 //         superblock [0, 4 KiB), log [4 KiB, +log_size), lock table right
 //         after the log (8 bytes per stripe), data area = last data_size bytes.
@@ -112,6 +116,7 @@ struct RigOptions {
   const fault_test::TempDir* pmem = nullptr;  // regions are files in this directory
   std::string tag;                            // file name prefix
   bool open = true;                           // open the store in the constructor
+  bool on_device = false;                     // kThreads: the device under test (see the header comment)
 
   static StoreOptions default_store() {
     StoreOptions s;
@@ -137,6 +142,8 @@ class Rig {
     co.staging_bytes = o_.staging_bytes;
     co.op_timeout_ns = o_.op_timeout_ns;
     co.make_group = false;
+    co.on_device = o_.on_device;
+    if (o_.on_device && o_.pmem) throw std::runtime_error("Rig: on_device with pmem regions is not supported");
     if (o_.pmem) {
       chain_ = std::make_unique<fault_test::PmemChain>(co, *o_.pmem, o_.tag, false);
       c_ = &chain_->cluster();
@@ -158,7 +165,7 @@ class Rig {
       };
     lay_ = Layout(so_);
     model_.assign(so_.data_size, std::byte{0});
-    if (o_.open) store_ = must(Store::open(c_->client(), hosts_, so_), "Store::open");
+    if (o_.open) store_ = must(Store::open(c_->client_device(), hosts_, so_), "Store::open");
   }
   ~Rig() {
     store_.reset();  // its group first, then the hosts and NICs it used
@@ -182,11 +189,13 @@ class Rig {
   bool manual() const { return o_.drive == Drive::kManual; }
   void set_compare_log(bool on) { compare_log_ = on; }
 
-  Result<std::unique_ptr<Store>> try_open(const StoreOptions& so) { return Store::open(c_->client(), hosts_, so); }
+  Result<std::unique_ptr<Store>> try_open(const StoreOptions& so) {
+    return Store::open(c_->client_device(), hosts_, so);
+  }
   // A fresh client NIC (the old one crashed) and the store opened on it.
   Status reopen_on_new_client() {
     store_.reset();
-    extra_nics_.push_back(c_->new_nic("client" + std::to_string(extra_nics_.size() + 2)));
+    extra_nics_.push_back(c_->new_device("client" + std::to_string(extra_nics_.size() + 2)));
     auto r = Store::open(*extra_nics_.back(), hosts_, so_);
     if (!r.is_ok()) return r.status();
     store_ = std::move(r).value();
@@ -194,7 +203,7 @@ class Rig {
   }
   // A new, blank (DRAM) replica host in chain position i (the old one died).
   ReplicaHost& replace_host(uint32_t i) {
-    extra_nics_.push_back(c_->new_nic("r" + std::to_string(i) + "-new" + std::to_string(extra_nics_.size())));
+    extra_nics_.push_back(c_->new_device("r" + std::to_string(i) + "-new" + std::to_string(extra_nics_.size())));
     extra_hosts_.push_back(must(ReplicaHost::create(*extra_nics_.back(), {.agent_thread = !manual()}),
                                 "ReplicaHost::create"));
     must(extra_hosts_.back()->register_tenant(tenant_, lay_.region), "register_tenant");
@@ -309,7 +318,7 @@ class Rig {
   std::unique_ptr<fault_test::PmemChain> chain_;
   std::unique_ptr<Cluster> own_;
   Cluster* c_ = nullptr;
-  std::vector<std::unique_ptr<soft::Nic>> extra_nics_;
+  std::vector<std::unique_ptr<rnic::Device>> extra_nics_;
   std::vector<std::unique_ptr<ReplicaHost>> extra_hosts_;
   std::vector<ReplicaHost*> hosts_;
   uint32_t tenant_ = 0;
