@@ -8,8 +8,10 @@
 #   4. install check: cmake --install, then a consumer project that does
 #      find_package(hyperloop) and links hyperloop::txn
 #   5. Soft-RoCE VM (tests/vm): Debian's stock kernel under qemu with rxe0;
-#      ibv_devinfo, RC ping-pongs (over rxe0; ns1/rxe1 to ns2/rxe2) and
-#      build/tests/status_test run inside
+#      the smoke check (ibv_devinfo, RC ping-pongs over rxe0 and ns1/rxe1 to
+#      ns2/rxe2, status_test), then our suites on the kernel's rxe devices
+#      (tests/vm/suites.sh: verbs_test, conformance_test on soft and rxe0,
+#      primitives/txn/daemons on rxe0, daemons in two namespaces, hyperloop-perf)
 # Fresh Debian 12, as root: bash .ci/test.sh   (exits non-zero on any failure)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -109,5 +111,6 @@ cmake --build "$TMP/consumer-build" -j "$JOBS"
 section "Soft-RoCE VM (tests/vm)"
 bash tests/vm/prepare.sh
 bash tests/vm/smoke.sh build/tests/status_test
+bash tests/vm/suites.sh build
 
 section "all checks passed"

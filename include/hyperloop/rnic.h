@@ -255,6 +255,9 @@ class CompletionQueue {
  public:
   virtual ~CompletionQueue() = default;
   virtual uint32_t cqn() const = 0;
+  // Completions it holds before it overruns: CqAttr::cqe_count on the
+  // software RNIC, at least that on verbs (providers round up; rxe makes 16
+  // into 31).
   virtual uint32_t size() const = 0;
   // Takes up to out.size() completions. Returns how many, or
   // kResourceExhausted once the CQ overran (completions were lost; the

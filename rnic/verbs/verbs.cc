@@ -738,6 +738,10 @@ class VerbsDevice final : public rnic::Device {
       q->cq = ibv_create_cq(c_->ctx, int(attr.cqe_count), q.get(), chan ? chan->ch : nullptr, 0);
       if (!q->cq) return from_errno(errno, "ibv_create_cq on " + c_->name);
     }
+    // Its capacity: what the provider made of cqe_count (rxe rounds
+    // cqe_count + 1 up to a power of two: 16 gives 31), so that callers and
+    // tests see when it can overrun.
+    if (q->cq->cqe > 0) q->size_ = uint32_t(q->cq->cqe);
     {
       std::lock_guard<std::mutex> l(c_->mu);
       c_->cqs.insert(q.get());

@@ -1,0 +1,57 @@
+#!/bin/bash
+# Runs inside the VM (tests/vm/suites.sh boots it): the suites on rxe0,
+# rxe1 and rxe2, each summarised; exits non-zero at the first failure,
+# naming it and printing the end of its log.
+#   suites-guest.sh BUILD_DIR
+set -uo pipefail
+BUILD="$1"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+LOGS="$(mktemp -d /tmp/vm-suites.XXXXXX)"
+SECONDS=0
+fail() { echo "vm-suites: FAIL: $*" >&2; exit 1; }
+step() { printf '\n==== vm-suites [%4ds] %s\n' "$SECONDS" "$*"; }
+# gtest LABEL LOG ENV... -- BINARY ARGS...: runs it, prints its summary, fails on a failure
+gtest() {
+  local label="$1" log="$LOGS/$2.log"
+  shift 2
+  "$@" --gtest_color=no >"$log" 2>&1
+  local rc=$?
+  grep -E '^\[==========\] [0-9]+ tests? from .* ran|^\[  (PASSED|FAILED|SKIPPED) \]' "$log" | sed 's/^/   /'
+  if [[ $rc -ne 0 ]]; then
+    grep -E '^\[  FAILED  \]|Failure' -A6 "$log" | head -60 >&2
+    fail "$label (exit $rc; log $log)"
+  fi
+  if grep -q '^\[  SKIPPED \]' "$log"; then fail "$label skipped tests"; fi
+}
+ran() { grep -E '^\[==========\] [0-9]+ tests? from .* ran' "$1" | sed -E 's/^\[==========\] ([0-9]+) .*/\1/'; }
+
+step "rdma devices"
+ibv_devices || fail "ibv_devices"
+
+step "verbs_test on rxe0"
+gtest "verbs_test on rxe0" verbs env HYPERLOOP_VERBS_DEVICE=rxe0 "$BUILD/tests/verbs_test"
+
+step "conformance_test on soft and on rxe0"
+gtest "conformance_test on soft" conf-soft env HYPERLOOP_CONFORMANCE_DEVICES=soft "$BUILD/tests/conformance_test"
+gtest "conformance_test on rxe0" conf-rxe0 env HYPERLOOP_CONFORMANCE_DEVICES=rxe0 "$BUILD/tests/conformance_test"
+n_soft="$(ran "$LOGS/conf-soft.log")" n_rxe="$(ran "$LOGS/conf-rxe0.log")"
+echo "   conformance: soft $n_soft tests, rxe0 $n_rxe tests"
+[[ -n "$n_soft" && "$n_soft" -gt 0 && "$n_soft" == "$n_rxe" ]] || fail "conformance counts differ (soft $n_soft, rxe0 $n_rxe)"
+
+step "device suites on rxe0: primitives, txn, daemons"
+export HYPERLOOP_DAEMON_TEST_WATCHDOG_S="${HYPERLOOP_DAEMON_TEST_WATCHDOG_S:-600}"
+bash "$repo/tests/device-suites.sh" rxe0 "$BUILD" || fail "device suites on rxe0"
+
+step "two namespaces: daemons in ns1 (rxe1) and ns2 (rxe2), the client in ns1"
+bash "$repo/tests/device-suites.sh" rxe1 --netns "$BUILD" || fail "two-namespace daemon test"
+
+step "hyperloop-perf on rxe0 (TCG emulation: the timings are not performance)"
+"$BUILD/tools/hyperloop-perf" -d rxe0 --mode cpu-forward -r 3 -s 64 -n 200 >"$LOGS/perf.log" 2>&1 ||
+  { cat "$LOGS/perf.log" >&2; fail "hyperloop-perf -d rxe0 --mode cpu-forward"; }
+cat "$LOGS/perf.log"
+if "$BUILD/tools/hyperloop-perf" -d rxe0 --mode offload -r 3 -n 10 >"$LOGS/perf-off.log" 2>&1; then
+  fail "hyperloop-perf --mode offload on rxe0 succeeded (stock rxe has no cross-channel)"
+fi
+grep -qi "not supported\|NotSupported" "$LOGS/perf-off.log" || { cat "$LOGS/perf-off.log" >&2; fail "offload on rxe0 did not say why it cannot run"; }
+echo "   offload on rxe0: refused as expected: $(grep -i -m1 'support' "$LOGS/perf-off.log")"
+step "all suites passed"
