@@ -26,6 +26,16 @@
 //                       bound, in doubt; restart, recover(): every
 //                       acknowledged transfer there); a client gone with
 //                       unapplied commits (the next one finds them all).
+//   TwoNamespacesTest   Store::connect over two daemons on two devices and
+//                       addresses (in two network namespaces in the VM),
+//                       parametrized by the environment (see the test):
+//                       transfers, SIGKILL of one, restart, recover().
+//
+// Device under test: DaemonChainTest and DaemonTxnTest have an OnDevice/...
+// instantiation (kCpuForward): with HYPERLOOP_TEST_DEVICE=NAME its daemons
+// get `device NAME` and the client opens NAME (Client::init); every daemon's
+// log is checked to name the device it opened (Daemon::on_its_device).
+// DaemonErrorsTest and DaemonConnectTest also cover the `device` directive.
 //
 // No sleeps: the daemons' ready lines say when they serve, acknowledgements
 // say how far a stream got, pidfds say when a process exited. Every process
@@ -55,6 +65,7 @@ constexpr ForwardMode kModes[] = {ForwardMode::kOffload, ForwardMode::kCpuForwar
 std::string mode_name(const ::testing::TestParamInfo<ForwardMode>& p) {
   return p.param == ForwardMode::kOffload ? "Offload" : "CpuForward";
 }
+std::string where_name(const ::testing::TestParamInfo<device_test::Where>& p) { return device_test::where_name(p); }
 
 // ---- a shadow of every replica's region ----------------------------------------------------------
 class Model {
@@ -333,6 +344,7 @@ class DaemonFixture : public ::testing::Test {
                      const std::string& address = "127.0.0.1", std::vector<bool> fixed_ports = {}) {
     for (uint32_t i = 0; i < n; ++i) {
       DaemonSpec spec;
+      spec.device = device_;
       spec.address = address;
       for (auto [id, bytes] : tenants)
         spec.tenants.push_back({id, bytes, dir_.file("r" + std::to_string(i) + "-t" + std::to_string(id) + ".pmem"), {}});
@@ -346,9 +358,11 @@ class DaemonFixture : public ::testing::Test {
       // bind: then try other ones.
       for (int attempt = 0;; ++attempt) {
         d.spec().control_port = free_port_outside_ephemeral(address);
-        d.spec().data_port = free_port_outside_ephemeral(address);
         ASSERT_NE(d.spec().control_port, 0) << "no free port outside the ephemeral range";
-        ASSERT_NE(d.spec().data_port, 0) << "no free port outside the ephemeral range";
+        if (soft_wire()) {  // another device has no data port
+          d.spec().data_port = free_port_outside_ephemeral(address);
+          ASSERT_NE(d.spec().data_port, 0) << "no free port outside the ephemeral range";
+        }
         auto started = d.start();
         if (started) break;
         ASSERT_LT(attempt, 4) << started.message();
@@ -367,6 +381,17 @@ class DaemonFixture : public ::testing::Test {
     for (const auto& d : daemons_) s += "\n--- " + d->name() + " stderr:\n" + d->stderr_text();
     return s;
   }
+  // The device of the test's daemons and client: empty (soft NICs, the
+  // default) unless an OnDevice test runs with HYPERLOOP_TEST_DEVICE set.
+  void use_device_under_test(bool on_device) {
+    device_ = on_device ? device_test::test_device_name() : std::string();
+  }
+  bool soft_wire() const { return device_.empty() || device_ == "soft"; }
+  // The client: on the test's device (Client::init chooses), listening on
+  // ipv4 when that is a soft NIC.
+  Status init_client(const std::string& ipv4, uint64_t ack_timeout_ns = kAckTimeoutNs) {
+    return client_.init(ipv4, ack_timeout_ns, device_);
+  }
   Result<std::unique_ptr<Group>> connect(uint32_t tenant, size_t region, ForwardMode mode) {
     watchdog_.phase("Group::connect tenant " + std::to_string(tenant));
     auto eps = endpoints();
@@ -375,7 +400,14 @@ class DaemonFixture : public ::testing::Test {
 
   // Destroyed in reverse order: daemons (killed), operations, the client,
   // the files, the watchdog. Groups are locals of the test body: gone before.
-  Watchdog watchdog_{std::chrono::seconds(90)};
+  // 90 s, or HYPERLOOP_DAEMON_TEST_WATCHDOG_S (a slow machine: a TCG VM).
+  static std::chrono::seconds watchdog_limit() {
+    const char* e = std::getenv("HYPERLOOP_DAEMON_TEST_WATCHDOG_S");
+    const long v = e ? std::atol(e) : 0;
+    return std::chrono::seconds(v > 0 ? v : 90);
+  }
+  Watchdog watchdog_{watchdog_limit()};
+  std::string device_;  // see use_device_under_test
   TempDir dir_;
   Client client_;
   OpPool ops_;
@@ -383,18 +415,26 @@ class DaemonFixture : public ::testing::Test {
 };
 
 // ---- 1. all primitives over three daemons --------------------------------------------------------------
-class DaemonChainTest : public DaemonFixture, public ::testing::WithParamInterface<ForwardMode> {};
+// Modes/...: soft NICs in both modes; OnDevice/...: kCpuForward, daemons
+// (`device NAME`) and client on HYPERLOOP_TEST_DEVICE when it is set.
+class DaemonChainTest : public DaemonFixture, public ::testing::WithParamInterface<device_test::Where> {
+ protected:
+  void SetUp() override {
+    DaemonFixture::SetUp();
+    use_device_under_test(GetParam().on_device);
+  }
+};
 
 TEST_P(DaemonChainTest, AllPrimitivesOnThreeDaemonsTwoTenants) {
   constexpr size_t kRegion = 256 * 1024;
   ASSERT_NO_FATAL_FAILURE(start_daemons(3, {{1, kRegion}, {2, kRegion}}));
-  ASSERT_TRUE(client_.init("127.0.0.1").is_ok());
-  auto g1 = connect(1, kRegion, GetParam());
+  DAEMON_ASSERT_OK(init_client("127.0.0.1"));
+  auto g1 = connect(1, kRegion, GetParam().mode);
   ASSERT_TRUE(g1.is_ok()) << describe(g1.status()) << daemon_logs();
-  auto g2 = connect(2, kRegion, GetParam());  // a second tenant on the same daemons, at the same time
+  auto g2 = connect(2, kRegion, GetParam().mode);  // a second tenant on the same daemons, at the same time
   ASSERT_TRUE(g2.is_ok()) << describe(g2.status()) << daemon_logs();
   EXPECT_EQ((*g1)->replicas(), 3u);
-  EXPECT_EQ((*g1)->mode(), GetParam());
+  EXPECT_EQ((*g1)->mode(), GetParam().mode);
 
   watchdog_.phase("primitives on tenant 1");
   ASSERT_NO_FATAL_FAILURE(exercise_all_primitives(**g1, 1, ops_)) << daemon_logs();
@@ -411,7 +451,8 @@ TEST_P(DaemonChainTest, AllPrimitivesOnThreeDaemonsTwoTenants) {
   EXPECT_FALSE((*g2)->broken());
 }
 
-INSTANTIATE_TEST_SUITE_P(Modes, DaemonChainTest, ::testing::ValuesIn(kModes), mode_name);
+INSTANTIATE_TEST_SUITE_P(Modes, DaemonChainTest, ::testing::ValuesIn(device_test::kSoftModes), where_name);
+INSTANTIATE_TEST_SUITE_P(OnDevice, DaemonChainTest, ::testing::ValuesIn(device_test::kOnDevice), where_name);
 
 // ---- 2. a daemon killed in the middle of a stream, restarted on the same files ------------------------
 class DaemonCrashTest : public DaemonFixture, public ::testing::WithParamInterface<ForwardMode> {
@@ -590,6 +631,30 @@ TEST_F(DaemonErrorsTest, BadConfigExitsWithStatus2NamingFileAndLine) {
   EXPECT_DAEMON_FAILS(run_config("bad.cfg", ""), 2, f, "no tenant");
 }
 
+// `device NAME`: an unknown device is exit 1 before "ready", with
+// open_device's message naming it (and the devices found); the soft wire's
+// directives with a device other than soft are a bad config (exit 2) naming
+// the line, wherever the device line is; `device soft:LABEL` (unreachable
+// from other processes) and `device` without a name are bad configs.
+TEST_F(DaemonErrorsTest, AnUnknownDeviceExitsWithStatus1NamingIt) {
+  const std::string f = dir_.file("dev.cfg");
+  // (open_device's message: "no RNIC named 'nosuchdev' (this machine has: soft, ...)"; on a
+  // machine whose kernel has no RDMA support, libibverbs' own error instead.)
+  const RunResult unknown = run_config("dev.cfg", "device nosuchdev\n" + tenant_line());
+  EXPECT_DAEMON_FAILS(unknown, 1, "hyperloop-replica: device nosuchdev: ");
+  if (unknown.err.find("NotFound") != std::string::npos) {
+    EXPECT_NE(unknown.err.find("no RNIC named 'nosuchdev'"), std::string::npos) << unknown.err;
+  }
+  EXPECT_DAEMON_FAILS(run_config("dev.cfg", "device nosuchdev\ndata_port 7000\n" + tenant_line()), 2, f + ":2:",
+                      "data_port", "nosuchdev", "remove the line");
+  EXPECT_DAEMON_FAILS(run_config("dev.cfg", "data_inflight_packets 10\n" + tenant_line() + "device rxe9\n"), 2,
+                      f + ":1:", "data_inflight_packets", "rxe9");
+  EXPECT_DAEMON_FAILS(run_config("dev.cfg", "max_message_bytes 4096\ndevice rxe9\n" + tenant_line()), 2, f + ":1:",
+                      "max_message_bytes");
+  EXPECT_DAEMON_FAILS(run_config("dev.cfg", "device soft:x\n" + tenant_line()), 2, f + ":1:", "use device soft");
+  EXPECT_DAEMON_FAILS(run_config("dev.cfg", "device\n" + tenant_line()), 2, f + ":1:", "device needs a name");
+}
+
 TEST_F(DaemonErrorsTest, MissingConfigFileAndUsage) {
   const std::string missing = dir_.file("does-not-exist.cfg");
   EXPECT_DAEMON_FAILS(run_daemon_to_exit(dir_.path(), missing), 2, missing, "cannot open");
@@ -758,6 +823,28 @@ TEST_F(DaemonConnectTest, WrongTenantIsNotFoundNamingTheTenant) {
   ASSERT_TRUE(ok.is_ok()) << describe(ok.status()) << daemon_logs();
   ASSERT_NO_FATAL_FAILURE(write_records(**ok, 0, 4, ops_));
   ASSERT_NO_FATAL_FAILURE(expect_records(**ok, 0, 4, "tenant 1"));
+}
+
+// `device soft` written out is the default: the soft wire on data_port
+// (reported on the ready line, limits accepted), and a chain over it works.
+TEST_F(DaemonConnectTest, DeviceSoftExplicitIsTheDefaultSoftWire) {
+  for (int i = 0; i < 2; ++i) {
+    DaemonSpec spec;
+    spec.device = "soft";
+    spec.extra_lines = {"data_inflight_packets 1024"};
+    spec.tenants.push_back({1, 65536, dir_.file("soft" + std::to_string(i) + ".pmem"), {}});
+    Daemon& d = add_daemon(spec);
+    ASSERT_TRUE(d.start());  // checks data=<port> != 0 and the log's event=device backend=soft
+    EXPECT_NE(d.data_port(), 0);
+    EXPECT_NE(d.stderr_text().find("device=soft"), std::string::npos) << d.stderr_text();
+  }
+  ASSERT_TRUE(client_.init("127.0.0.1").is_ok());
+  for (ForwardMode mode : kModes) {
+    auto g = connect(1, 65536, mode);
+    ASSERT_TRUE(g.is_ok()) << describe(g.status()) << daemon_logs();
+    ASSERT_NO_FATAL_FAILURE(write_records(**g, 0, 8, ops_));
+    ASSERT_NO_FATAL_FAILURE(expect_records(**g, 0, 8, "over two daemons with device soft"));
+  }
 }
 
 TEST_F(DaemonConnectTest, RegionSizeDifferentFromTheDaemonsIsRefused) {
@@ -1164,7 +1251,7 @@ void expect_replicas_identical(txn::Store& s, const txn::StoreOptions& so, const
   const size_t region = txn::Store::region_bytes(so);
   const size_t tail = so.data_size + 8 * (so.data_size / so.stripe_bytes);  // lock table + data area
   prim::Group& g = s.group();
-  ASSERT_EQ(g.replicas(), 3u);
+  ASSERT_EQ(g.replicas(), s.replicas());
   std::vector<std::byte> first(tail), other(tail);
   for (uint32_t r = 0; r < g.replicas(); ++r) {
     Status st = g.read(r, region - tail, r ? other : first);
@@ -1179,12 +1266,124 @@ void expect_replicas_identical(txn::Store& s, const txn::StoreOptions& so, const
   }
 }
 
-class DaemonTxnTest : public DaemonFixture, public ::testing::WithParamInterface<ForwardMode> {
+// Transfers on `store`; after 40 acknowledged ones `victim` (a daemon of the
+// store's chain, on a fixed control port) gets SIGKILL, and transfers go on
+// until one fails: an error within op_timeout + 1 s, never a hang. recover()
+// with the daemon down is kUnavailable naming it; the daemon restarts on its
+// config and files; recover() then succeeds and every acknowledged transfer
+// is there (in-doubt ones whole or absent), replicas identical; new transfers
+// commit on the rebuilt chain.
+// ledger: what the accounts hold so far (continued here).
+void sigkill_and_recover(txn::Store& store, const txn::StoreOptions& so, Daemon& victim, Watchdog& wd,
+                         const std::function<std::string()>& logs, Ledger& ledger) {
+  const uint16_t control_port = victim.control_port();
+
+  constexpr uint64_t kAckedBeforeKill = 40;
+  std::mt19937_64 rng(7);
+  const uint64_t acked_before = ledger.acked_total;
+  TransferResult failed;
+  bool killed = false;
+  Clock::time_point killed_at;
+  double kill_to_error = -1;
+  uint64_t acked_after_kill = 0;
+  wd.phase("transfers, then SIGKILL of the victim daemon");
+  for (uint64_t k = 0;; ++k) {
+    ASSERT_LT(k, 100'000u) << "no error after the kill";
+    TransferResult r = transfer(store, rng, ledger);
+    if (!r.status.is_ok()) {
+      failed = r;
+      if (killed) kill_to_error = seconds_since(killed_at);
+      break;
+    }
+    if (killed) ++acked_after_kill;
+    if (!killed && ledger.acked_total - acked_before == kAckedBeforeKill) {
+      victim.process()->signal(SIGKILL);
+      killed = true;
+      killed_at = Clock::now();
+    }
+  }
+  ASSERT_TRUE(killed) << "a transfer failed before the kill: " << describe(failed.status) << logs();
+  // An error, not a hang: within op_timeout (+1 s of slack), of the kinds
+  // that mean "the chain broke" (for commit(): in doubt).
+  EXPECT_TRUE(failed.status.code() == StatusCode::kUnavailable ||
+              failed.status.code() == StatusCode::kDeadlineExceeded)
+      << describe(failed.status);
+  EXPECT_GE(kill_to_error, 0);
+  EXPECT_LT(kill_to_error, kOpTimeoutNs / 1e9 + 1.0)
+      << "the first error came " << kill_to_error << " s after the kill: " << describe(failed.status);
+  std::printf("[          ] %lu transfers acknowledged (%lu after the kill), first error %.3f s after the kill "
+              "(%s): %s\n",
+              (unsigned long)ledger.acked_total, (unsigned long)acked_after_kill, kill_to_error,
+              failed.in_doubt ? "commit, in doubt" : "before commit", describe(failed.status).c_str());
+  EXPECT_FALSE(store.healthy());
+  {  // Later transfers are refused at once: the store needs recover().
+    const auto t = Clock::now();
+    TransferResult r = transfer(store, rng, ledger);
+    EXPECT_EQ(r.status.code(), StatusCode::kUnavailable) << describe(r.status);
+    EXPECT_LT(seconds_since(t), 1.0) << describe(r.status);
+  }
+
+  wd.phase("waiting for the killed daemon to exit");
+  ASSERT_TRUE(victim.stop(SIGKILL));
+  EXPECT_TRUE(WIFSIGNALED(victim.exit_status()) && WTERMSIG(victim.exit_status()) == SIGKILL)
+      << victim.describe_exit();
+  {  // recover() while the daemon is down: kUnavailable naming it, at once.
+    wd.phase("recover() with the victim daemon down");
+    const auto t = Clock::now();
+    Status s = store.recover();
+    EXPECT_EQ(s.code(), StatusCode::kUnavailable) << describe(s);
+    EXPECT_NE(s.message().find(victim.endpoint()), std::string::npos) << describe(s);
+    EXPECT_LT(seconds_since(t), 5.0) << describe(s);
+    EXPECT_FALSE(store.healthy());
+  }
+
+  // Restart on the same config and files, on its control port (the store's
+  // endpoint) and a fresh data port.
+  victim.spec().control_port = control_port;
+  victim.spec().data_port = 0;
+  wd.phase("restarting the victim daemon");
+  ASSERT_TRUE(victim.start()) << logs();
+  ASSERT_EQ(victim.control_port(), control_port);
+  // The daemon serves once its ready line is out; recover() is still retried
+  // (bounded) on kUnavailable in case the chain is not up at once.
+  wd.phase("recover() after the restart");
+  const auto tr = Clock::now();
+  Status rec;
+  int attempts = 0;
+  do {
+    ++attempts;
+    rec = store.recover();
+  } while (rec.code() == StatusCode::kUnavailable && seconds_since(tr) < 10.0);
+  ASSERT_TRUE(rec.is_ok()) << "recover() after " << attempts << " attempts: " << describe(rec) << logs();
+  EXPECT_TRUE(store.healthy());
+  const txn::StoreStats st = store.stats();
+  uint64_t landed = 0;
+  ASSERT_NO_FATAL_FAILURE(expect_accounts(store, ledger, "after recovery", &landed)) << logs();
+  std::printf("[          ] recovered in %.3f s (%d attempt(s)): %lu records replayed, %lu bytes resynced; "
+              "in-doubt transfers present: %lu\n",
+              seconds_since(tr), attempts, (unsigned long)st.replayed_records, (unsigned long)st.resynced_bytes,
+              (unsigned long)landed);
+  ASSERT_NO_FATAL_FAILURE(expect_replicas_identical(store, so, "after recovery")) << logs();
+
+  // New transfers commit on the rebuilt chain, the restarted replica included.
+  wd.phase("transfers after recovery");
+  for (int k = 0; k < 60; ++k) {
+    TransferResult r = transfer(store, rng, ledger);
+    ASSERT_TRUE(r.status.is_ok()) << "transfer " << k << " after recovery: " << describe(r.status) << logs();
+  }
+  ASSERT_NO_FATAL_FAILURE(expect_accounts(store, ledger, "after new transfers", &landed));
+  EXPECT_EQ(landed, 0u);
+  ASSERT_NO_FATAL_FAILURE(expect_replicas_identical(store, so, "after new transfers")) << logs();}
+
+// Modes/...: soft NICs in both modes; OnDevice/...: kCpuForward, daemons
+// (`device NAME`) and client on HYPERLOOP_TEST_DEVICE when it is set.
+class DaemonTxnTest : public DaemonFixture, public ::testing::WithParamInterface<device_test::Where> {
  protected:
   void SetUp() override {
     DaemonFixture::SetUp();
     if (HasFatalFailure()) return;
-    so_ = bank_options(GetParam());
+    use_device_under_test(GetParam().on_device);
+    so_ = bank_options(GetParam().mode);
     region_ = txn::Store::region_bytes(so_);
     ASSERT_GT(region_, 0u);
   }
@@ -1203,7 +1402,7 @@ class DaemonTxnTest : public DaemonFixture, public ::testing::WithParamInterface
   // about one run in 30). Failures are still detected well within op_timeout.
   void start_bank_daemons() {
     ASSERT_NO_FATAL_FAILURE(start_daemons(3, {{kTxnTenant, region_}}, "127.0.0.1", {false, true, false}));
-    ASSERT_TRUE(client_.init("127.0.0.1", kTxnAckTimeoutNs).is_ok());
+    DAEMON_ASSERT_OK(init_client("127.0.0.1", kTxnAckTimeoutNs));
   }
   Result<std::unique_ptr<txn::Store>> connect_store() {
     watchdog_.phase("Store::connect");
@@ -1217,8 +1416,9 @@ class DaemonTxnTest : public DaemonFixture, public ::testing::WithParamInterface
 
 // Transfers from `threads` threads at once (conflicts abort and run again),
 // then the accounts and every replica checked.
+// *out (if given): the threads' ledger, settled (for later checks).
 void bank_transfers(txn::Store& store, const txn::StoreOptions& so, int threads, uint64_t per_thread,
-                    const std::function<std::string()>& logs) {
+                    const std::function<std::string()>& logs, Ledger* out = nullptr) {
   const auto t0 = Clock::now();
   std::vector<Ledger> ledgers(static_cast<size_t>(threads));
   std::vector<Status> errors(static_cast<size_t>(threads));
@@ -1246,6 +1446,7 @@ void bank_transfers(txn::Store& store, const txn::StoreOptions& so, int threads,
   for (const auto& l : ledgers) all.add(l);
   EXPECT_EQ(all.acked_total, uint64_t(threads) * per_thread);
   ASSERT_NO_FATAL_FAILURE(expect_accounts(store, all, "after the transfers"));
+  if (out) *out = all;
   ASSERT_NO_FATAL_FAILURE(expect_replicas_identical(store, so, "after the transfers")) << logs();
   EXPECT_TRUE(store.healthy());
   const txn::StoreStats st = store.stats();
@@ -1261,7 +1462,7 @@ TEST_P(DaemonTxnTest, TxnBankTransfersOnThreeDaemons) {
   ASSERT_TRUE(opened.is_ok()) << describe(opened.status()) << daemon_logs();
   txn::Store& store = **opened;
   EXPECT_EQ(store.replicas(), 3u);
-  EXPECT_EQ(store.group().mode(), GetParam());
+  EXPECT_EQ(store.group().mode(), GetParam().mode);
   EXPECT_EQ(store.data_size(), kAccounts * kSlot);
   ASSERT_TRUE(fund(store).is_ok()) << daemon_logs();
   watchdog_.phase("transfers");
@@ -1289,106 +1490,9 @@ TEST_P(DaemonTxnTest, TxnSigkillOfTheMiddleDaemonThenRecoverKeepsEveryAcknowledg
   txn::Store& store = **opened;
   ASSERT_TRUE(fund(store).is_ok()) << daemon_logs();
   Daemon& middle = *daemons_[1];
-  const uint16_t control_port = middle.control_port();
-
-  // Transfers; after kAckedBeforeKill acknowledged ones the middle daemon
-  // gets SIGKILL, and transfers go on until one fails.
-  constexpr uint64_t kAckedBeforeKill = 40;
-  std::mt19937_64 rng(7);
   Ledger ledger;
-  TransferResult failed;
-  bool killed = false;
-  Clock::time_point killed_at;
-  double kill_to_error = -1;
-  uint64_t acked_after_kill = 0;
-  watchdog_.phase("transfers, then SIGKILL of the middle daemon");
-  for (uint64_t k = 0;; ++k) {
-    ASSERT_LT(k, 100'000u) << "no error after the kill";
-    TransferResult r = transfer(store, rng, ledger);
-    if (!r.status.is_ok()) {
-      failed = r;
-      if (killed) kill_to_error = seconds_since(killed_at);
-      break;
-    }
-    if (killed) ++acked_after_kill;
-    if (!killed && ledger.acked_total == kAckedBeforeKill) {
-      middle.process()->signal(SIGKILL);
-      killed = true;
-      killed_at = Clock::now();
-    }
-  }
-  ASSERT_TRUE(killed) << "a transfer failed before the kill: " << describe(failed.status) << daemon_logs();
-  // An error, not a hang: within op_timeout (+1 s of slack), of the kinds
-  // that mean "the chain broke" (for commit(): in doubt).
-  EXPECT_TRUE(failed.status.code() == StatusCode::kUnavailable ||
-              failed.status.code() == StatusCode::kDeadlineExceeded)
-      << describe(failed.status);
-  EXPECT_GE(kill_to_error, 0);
-  EXPECT_LT(kill_to_error, kOpTimeoutNs / 1e9 + 1.0)
-      << "the first error came " << kill_to_error << " s after the kill: " << describe(failed.status);
-  std::printf("[          ] %lu transfers acknowledged (%lu after the kill), first error %.3f s after the kill "
-              "(%s): %s\n",
-              (unsigned long)ledger.acked_total, (unsigned long)acked_after_kill, kill_to_error,
-              failed.in_doubt ? "commit, in doubt" : "before commit", describe(failed.status).c_str());
-  EXPECT_FALSE(store.healthy());
-  {  // Later transfers are refused at once: the store needs recover().
-    const auto t = Clock::now();
-    TransferResult r = transfer(store, rng, ledger);
-    EXPECT_EQ(r.status.code(), StatusCode::kUnavailable) << describe(r.status);
-    EXPECT_LT(seconds_since(t), 1.0) << describe(r.status);
-  }
-
-  watchdog_.phase("waiting for the killed daemon to exit");
-  ASSERT_TRUE(middle.stop(SIGKILL));
-  EXPECT_TRUE(WIFSIGNALED(middle.exit_status()) && WTERMSIG(middle.exit_status()) == SIGKILL)
-      << middle.describe_exit();
-  {  // recover() while the daemon is down: kUnavailable naming it, at once.
-    watchdog_.phase("recover() with the middle daemon down");
-    const auto t = Clock::now();
-    Status s = store.recover();
-    EXPECT_EQ(s.code(), StatusCode::kUnavailable) << describe(s);
-    EXPECT_NE(s.message().find(middle.endpoint()), std::string::npos) << describe(s);
-    EXPECT_LT(seconds_since(t), 5.0) << describe(s);
-    EXPECT_FALSE(store.healthy());
-  }
-
-  // Restart on the same config and files, on its control port (the store's
-  // endpoint) and a fresh data port.
-  middle.spec().control_port = control_port;
-  middle.spec().data_port = 0;
-  watchdog_.phase("restarting the middle daemon");
-  ASSERT_TRUE(middle.start()) << daemon_logs();
-  ASSERT_EQ(middle.control_port(), control_port);
-  // The daemon serves once its ready line is out; recover() is still retried
-  // (bounded) on kUnavailable in case the chain is not up at once.
-  watchdog_.phase("recover() after the restart");
-  const auto tr = Clock::now();
-  Status rec;
-  int attempts = 0;
-  do {
-    ++attempts;
-    rec = store.recover();
-  } while (rec.code() == StatusCode::kUnavailable && seconds_since(tr) < 10.0);
-  ASSERT_TRUE(rec.is_ok()) << "recover() after " << attempts << " attempts: " << describe(rec) << daemon_logs();
-  EXPECT_TRUE(store.healthy());
-  const txn::StoreStats st = store.stats();
-  uint64_t landed = 0;
-  ASSERT_NO_FATAL_FAILURE(expect_accounts(store, ledger, "after recovery", &landed)) << daemon_logs();
-  std::printf("[          ] recovered in %.3f s (%d attempt(s)): %lu records replayed, %lu bytes resynced; "
-              "in-doubt transfers present: %lu\n",
-              seconds_since(tr), attempts, (unsigned long)st.replayed_records, (unsigned long)st.resynced_bytes,
-              (unsigned long)landed);
-  ASSERT_NO_FATAL_FAILURE(expect_replicas_identical(store, so_, "after recovery")) << daemon_logs();
-
-  // New transfers commit on the rebuilt chain, the restarted replica included.
-  watchdog_.phase("transfers after recovery");
-  for (int k = 0; k < 60; ++k) {
-    TransferResult r = transfer(store, rng, ledger);
-    ASSERT_TRUE(r.status.is_ok()) << "transfer " << k << " after recovery: " << describe(r.status) << daemon_logs();
-  }
-  ASSERT_NO_FATAL_FAILURE(expect_accounts(store, ledger, "after new transfers", &landed));
-  EXPECT_EQ(landed, 0u);
-  ASSERT_NO_FATAL_FAILURE(expect_replicas_identical(store, so_, "after new transfers")) << daemon_logs();
+  ASSERT_NO_FATAL_FAILURE(
+      sigkill_and_recover(store, so_, middle, watchdog_, [this] { return daemon_logs(); }, ledger));
 }
 
 // A client process that dies leaves commits that are durable but maybe not
@@ -1461,7 +1565,105 @@ TEST_P(DaemonTxnTest, TxnCommitAfterAFailedRecoverIsRefused) {
   EXPECT_EQ(transfer(store, rng, ledger).status.code(), StatusCode::kUnavailable);
 }
 
-INSTANTIATE_TEST_SUITE_P(Modes, DaemonTxnTest, ::testing::ValuesIn(kModes), mode_name);
+INSTANTIATE_TEST_SUITE_P(Modes, DaemonTxnTest, ::testing::ValuesIn(device_test::kSoftModes), where_name);
+INSTANTIATE_TEST_SUITE_P(OnDevice, DaemonTxnTest, ::testing::ValuesIn(device_test::kOnDevice), where_name);
+
+// ---- 6. two daemons on two devices, in two network namespaces ------------------------------------------
+// Store::connect over two daemons, each on its own device and address (and,
+// as root, in its own network namespace: control over TCP crosses it), and a
+// client on the device under test: bank transfers from two threads, then a
+// SIGKILL of the second daemon, its restart in the same namespace, recover().
+// Parametrized by the environment (tests/device-suites.sh --netns sets it for
+// the Soft-RoCE VM, where ns1/ns2 are joined by a veth pair and rxe1/rxe2 sit
+// on its two ends):
+//   HYPERLOOP_NETNS_DAEMONS  NETNS/ADDRESS/DEVICE,NETNS/ADDRESS/DEVICE: for
+//                            each daemon its namespace ("-": this one), the
+//                            IPv4 address it serves control on and its
+//                            config's device; default
+//                            -/127.0.0.11/soft,-/127.0.0.12/soft
+//   HYPERLOOP_TEST_DEVICE    the client's device (checked); unset: a soft NIC
+//                            of a private fabric
+//   HYPERLOOP_NETNS_CLIENT_ADDRESS  where a soft client listens (its daemons
+//                            must reach it); default 127.0.0.1
+// With the defaults it runs on any machine, on loopback, on soft NICs.
+struct NetnsDaemon {
+  std::string netns, address, device;
+};
+std::string env_or(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::string(v) : fallback;
+}
+Result<std::vector<NetnsDaemon>> netns_daemons() {
+  const std::string spec = env_or("HYPERLOOP_NETNS_DAEMONS", "-/127.0.0.11/soft,-/127.0.0.12/soft");
+  std::vector<NetnsDaemon> out;
+  std::istringstream is(spec);
+  for (std::string item; std::getline(is, item, ',');) {
+    const auto a = item.find('/'), b = item.find('/', a == std::string::npos ? a : a + 1);
+    if (a == std::string::npos || b == std::string::npos || item.find('/', b + 1) != std::string::npos)
+      return invalid_argument("HYPERLOOP_NETNS_DAEMONS item '" + item + "' is not NETNS/ADDRESS/DEVICE");
+    out.push_back({item.substr(0, a), item.substr(a + 1, b - a - 1), item.substr(b + 1)});
+    if (out.back().address.empty() || out.back().device.empty())
+      return invalid_argument("HYPERLOOP_NETNS_DAEMONS item '" + item + "' lacks an address or a device");
+  }
+  if (out.size() < 2) return invalid_argument("HYPERLOOP_NETNS_DAEMONS names " + std::to_string(out.size()) +
+                                              " daemons ('" + spec + "'); the test needs at least two");
+  return out;
+}
+
+class TwoNamespacesTest : public DaemonFixture {};
+
+TEST_F(TwoNamespacesTest, StoreOverDaemonsOnTwoDevicesBankTransfersThenSigkillAndRecover) {
+  auto spec = netns_daemons();
+  ASSERT_TRUE(spec.is_ok()) << describe(spec.status());
+  std::string ip;
+  for (const NetnsDaemon& nd : *spec)
+    if (nd.netns != "-" && ip.empty()) {
+      ip = find_executable("ip");
+      ASSERT_FALSE(ip.empty()) << "HYPERLOOP_NETNS_DAEMONS names a namespace, and there is no 'ip' (iproute2)";
+    }
+  const auto where = [&](const NetnsDaemon& nd) {
+    return "device " + nd.device + " on " + nd.address + (nd.netns == "-" ? "" : " in netns " + nd.netns);
+  };
+  for (size_t i = 0; i < spec->size(); ++i) {
+    const NetnsDaemon& nd = (*spec)[i];
+    DaemonSpec ds;
+    ds.device = nd.device;
+    ds.address = nd.address;
+    // Fixed control ports: the store keeps its endpoints, and a restarted
+    // daemon must come back on its own.
+    ds.control_port = free_port_outside_ephemeral(nd.netns == "-" ? nd.address : "0.0.0.0");
+    ASSERT_NE(ds.control_port, 0) << "no free port outside the ephemeral range";
+    ds.tenants.push_back({kTxnTenant, txn::Store::region_bytes(bank_options(ForwardMode::kCpuForward)),
+                          dir_.file("ns-r" + std::to_string(i) + ".pmem"), {}});
+    std::vector<std::string> prefix;
+    if (nd.netns != "-") prefix = {ip, "netns", "exec", nd.netns};
+    Daemon& d = add_daemon(ds, prefix);
+    watchdog_.phase("starting daemon " + d.name() + ": " + where(nd));
+    ASSERT_TRUE(d.start()) << where(nd);  // checks the daemon's log: it opened that device
+    std::printf("[          ] daemon %s: %s, control port %u\n", d.name().c_str(), where(nd).c_str(),
+                unsigned(d.control_port()));
+  }
+  device_ = device_test::test_device_name();
+  const std::string client_address = env_or("HYPERLOOP_NETNS_CLIENT_ADDRESS", "127.0.0.1");
+  DAEMON_ASSERT_OK(init_client(client_address, kTxnAckTimeoutNs));
+  std::printf("[          ] client: %s\n",
+              device_.empty() ? ("soft NIC of a private fabric on " + client_address).c_str()
+                              : ("device " + device_).c_str());
+
+  txn::StoreOptions so = bank_options(ForwardMode::kCpuForward);
+  watchdog_.phase("Store::connect");
+  auto eps = endpoints();
+  auto opened = txn::Store::connect(client_.nic(), eps, so);
+  ASSERT_TRUE(opened.is_ok()) << describe(opened.status()) << daemon_logs();
+  txn::Store& store = **opened;
+  EXPECT_EQ(store.replicas(), spec->size());
+  ASSERT_TRUE(fund(store).is_ok()) << daemon_logs();
+  watchdog_.phase("transfers from two threads");
+  Ledger ledger;
+  ASSERT_NO_FATAL_FAILURE(bank_transfers(store, so, 2, 100, [this] { return daemon_logs(); }, &ledger));
+  ASSERT_NO_FATAL_FAILURE(
+      sigkill_and_recover(store, so, *daemons_.back(), watchdog_, [this] { return daemon_logs(); }, ledger));
+}
 
 }  // namespace
 }  // namespace hyperloop::daemon_test

@@ -9,8 +9,11 @@
 //   Daemon      one hyperloop-replica: writes its config, starts it (possibly
 //               under a prefix such as `ip netns exec NS`), waits for its
 //               "ready control=<port> data=<port>" line and parses the ports.
-//   Client      the test process's side of the TCP wire: a listening fabric,
-//               one soft NIC with a short transport timer, one executor.
+//   Client      the test process's side of a chain: by default a listening
+//               fabric, one soft NIC with a short transport timer, one
+//               executor; or a device opened by name (the device under test,
+//               HYPERLOOP_TEST_DEVICE: device_test_util.h), whose daemons then
+//               get `device NAME` in their configs (DaemonSpec::device).
 //   Watchdog    a per-test bound on the whole test: if it is still running
 //               after the limit, it reports the phase it was in, runs the
 //               registered cleanup (network namespaces) and aborts, so a hang
@@ -53,7 +56,9 @@
 #include <thread>
 #include <vector>
 
+#include "device_test_util.h"
 #include "hyperloop/primitives.h"
+#include "hyperloop/rnic.h"
 #include "hyperloop/soft_rnic.h"
 #include "hyperloop/status.h"
 
@@ -62,6 +67,13 @@
 #endif
 
 namespace hyperloop::daemon_test {
+
+// A Status-returning setup step that must succeed (the message says which).
+#define DAEMON_ASSERT_OK(expr)                                                      \
+  do {                                                                              \
+    const ::hyperloop::Status st_ = (expr);                                         \
+    ASSERT_TRUE(st_.is_ok()) << #expr << ": " << st_.to_string();                   \
+  } while (0)
 
 namespace soft = ::hyperloop::soft;
 
@@ -374,6 +386,10 @@ struct TenantSpec {
 };
 
 struct DaemonSpec {
+  // The config's `device` line; empty: none (the daemon's default, soft).
+  // A device other than soft gets no data_port line (the daemon refuses the
+  // soft wire's directives there) and reports data=0.
+  std::string device;
   std::string address = "127.0.0.1";
   uint16_t control_port = 0;
   uint16_t data_port = 0;
@@ -383,10 +399,11 @@ struct DaemonSpec {
 
 inline std::string config_text(const DaemonSpec& d) {
   std::ostringstream os;
-  os << "# hyperloop-replica config written by daemon_test\n"
-     << "address " << d.address << "\n"
-     << "data_port " << d.data_port << "   # 0: any free port\n"
-     << "control_port " << d.control_port << "\n";
+  os << "# hyperloop-replica config written by daemon_test\n";
+  if (!d.device.empty()) os << "device " << d.device << "\n";
+  os << "address " << d.address << "\n";
+  if (d.device.empty() || d.device == "soft") os << "data_port " << d.data_port << "   # 0: any free port\n";
+  os << "control_port " << d.control_port << "\n";
   for (const auto& l : d.extra_lines) os << l << "\n";
   for (const auto& t : d.tenants)
     os << "tenant " << t.id << " " << t.bytes << " " << t.path << " "
@@ -435,9 +452,12 @@ class Daemon {
                                            << proc_->describe_exit() << "; stderr: " << stderr_text();
     }
     unsigned c = 0, d = 0;
-    if (std::sscanf(line.c_str(), "ready control=%u data=%u", &c, &d) != 2 || c == 0 || c > 65535 || d == 0 ||
-        d > 65535)
-      return ::testing::AssertionFailure() << "daemon " << name_ << ": unexpected first line '" << line << "'";
+    // A device other than soft has no TCP data port: data=0, and only then.
+    const bool soft_wire = spec_.device.empty() || spec_.device == "soft";
+    if (std::sscanf(line.c_str(), "ready control=%u data=%u", &c, &d) != 2 || c == 0 || c > 65535 ||
+        (soft_wire ? d == 0 : d != 0) || d > 65535)
+      return ::testing::AssertionFailure() << "daemon " << name_ << ": unexpected first line '" << line << "'"
+                                           << (soft_wire ? "" : " (device " + spec_.device + ": want data=0)");
     if (spec_.control_port && c != spec_.control_port)
       return ::testing::AssertionFailure() << "daemon " << name_ << " was configured with control_port "
                                            << spec_.control_port << " but reports " << c;
@@ -446,7 +466,28 @@ class Daemon {
              << "daemon " << name_ << " was configured with data_port " << spec_.data_port << " but reports " << d;
     control_port_ = uint16_t(c);
     data_port_ = uint16_t(d);
+    if (!spec_.device.empty()) return on_its_device();
     return ::testing::AssertionSuccess();
+  }
+
+  // The daemon's log says it opened the device its config names (its
+  // "event=device" line, written before the ready line): a soft NIC for
+  // soft, else a non-soft device of that name.
+  ::testing::AssertionResult on_its_device() const {
+    const std::string log = stderr_text();
+    std::istringstream ls(log);
+    for (std::string line; std::getline(ls, line);) {
+      if (line.find(" event=device ") == std::string::npos) continue;
+      const bool soft = device_test::is_soft_name(spec_.device);
+      const bool backend_ok = soft ? line.find(" backend=soft") != std::string::npos
+                                   : line.find(" backend=") != std::string::npos &&
+                                         line.find(" backend=soft") == std::string::npos;
+      const bool name_ok = soft || line.find(" name=" + spec_.device + " ") != std::string::npos;
+      if (backend_ok && name_ok) return ::testing::AssertionSuccess();
+      return ::testing::AssertionFailure() << "daemon " << name_ << " was configured with device " << spec_.device
+                                           << " but logged: " << line;
+    }
+    return ::testing::AssertionFailure() << "daemon " << name_ << " logged no event=device line; stderr: " << log;
   }
 
   // Sends sig and waits (bounded) for the exit; the daemon is reaped.
@@ -514,11 +555,28 @@ inline constexpr uint64_t kOpTimeoutNs = 2'000'000'000;  // GroupOptions::op_tim
 
 class Client {
  public:
-  // Listens on ipv4 (a concrete local address) and creates the NIC and its
-  // executor thread (at the raised priority, see kChildNice). ack_timeout_ns:
-  // the NIC's transport timer.
-  Status init(const std::string& ipv4, uint64_t ack_timeout_ns = kAckTimeoutNs) {
+  // The client's device, the one place that chooses it. device empty: today's
+  // soft NIC (below). Otherwise rnic::open_device(device), checked to be that
+  // device (device_test_util.h): a verbs device needs nothing else (control
+  // goes over TCP, data over the device); for "soft" (open_device's soft NIC,
+  // on the process's default fabric and executor, the stand-in for a named
+  // device) the default fabric first listens on ipv4 so that daemons reach
+  // it, and ack_timeout_ns does not apply (open_device's defaults).
+  // Without a device: listens on ipv4 (a concrete local address) and creates
+  // the NIC and its executor thread (at the raised priority, see kChildNice).
+  // ack_timeout_ns: the NIC's transport timer.
+  Status init(const std::string& ipv4, uint64_t ack_timeout_ns = kAckTimeoutNs, const std::string& device = {}) {
     raise_own_priority();
+    if (!device.empty()) {
+      if (device_test::is_soft_name(device)) {
+        auto port = soft::default_fabric().listen(ipv4);
+        if (!port.is_ok() && port.status().code() != StatusCode::kAlreadyExists) return port.status();
+      }
+      auto d = device_test::open_named_device(device);
+      if (!d.is_ok()) return d.status();
+      device_ = std::move(d).value();
+      return Status::ok();
+    }
     executor_.emplace();
     auto port = fabric_.listen(ipv4);
     if (!port.is_ok()) return port.status();
@@ -531,9 +589,11 @@ class Client {
     executor_->add(*nic_);
     return Status::ok();
   }
-  soft::Nic& nic() { return *nic_; }
+  // The client's device (either kind).
+  rnic::Device& nic() { return device_ ? *device_ : *nic_; }
 
  private:
+  std::unique_ptr<rnic::Device> device_;  // a device opened by name (or null: the soft NIC below)
   // Destroyed in reverse: the NIC (detaches from the executor), the executor,
   // the fabric (must outlive its NICs).
   soft::Fabric fabric_;

@@ -61,9 +61,11 @@ inline Status check_device(const rnic::Device& d, const std::string& name) {
 // Opens `name` with rnic::open_device and checks that it is what the name
 // asks for (check_device). The first success in the process prints
 // "device under test: NAME (backend B)" on stdout.
-inline Result<std::unique_ptr<rnic::Device>> open_named_device(const std::string& name) {
+// what: how errors name the device ("device NAME" unless told).
+inline Result<std::unique_ptr<rnic::Device>> open_named_device(const std::string& name, const std::string& what = {}) {
   auto d = rnic::open_device(name);
-  if (!d.is_ok()) return Status(d.status().code(), "device " + name + ": " + d.status().message());
+  if (!d.is_ok())
+    return Status(d.status().code(), (what.empty() ? "device " + name : what) + ": " + d.status().message());
   if (Status s = check_device(**d, name); !s.is_ok()) return s;
   static std::once_flag printed;
   std::call_once(printed, [&] {
@@ -77,9 +79,7 @@ inline Result<std::unique_ptr<rnic::Device>> open_named_device(const std::string
 inline Result<std::unique_ptr<rnic::Device>> open_device_under_test() {
   const std::string name = test_device_name();
   if (name.empty()) return Status(StatusCode::kFailedPrecondition, "HYPERLOOP_TEST_DEVICE is not set");
-  auto d = open_named_device(name);
-  if (!d.is_ok()) return Status(d.status().code(), "HYPERLOOP_TEST_DEVICE=" + d.status().message());
-  return d;
+  return open_named_device(name, "HYPERLOOP_TEST_DEVICE=" + name);
 }
 
 // Where a parametrized suite's chains run: the forwarding mode, and whether
