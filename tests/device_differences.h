@@ -16,9 +16,14 @@
 namespace hyperloop::device_differences {
 
 enum class Case {
-  // A local SGE the device cannot use: a bad lkey, an lkey of another PD, or
-  // a local buffer without local write (READ/atomic result, or a receive).
-  kBadLocalSge,
+  // A SGE the requester gathers from (a WRITE's or SEND's source) with a
+  // bad lkey or an lkey of another PD. (A gather beyond the region's end,
+  // and a READ/atomic result into a region without local write, are
+  // kLocalProtectionError on both.)
+  kGatherSgeUnusable,
+  // A receive the responder cannot scatter into: a region without local
+  // write, or of another PD.
+  kReceiveScatterUnusable,
   // A SEND larger than the receive it consumes: at the receiver / the sender.
   kReceiveTooSmallAtReceiver,
   kReceiveTooSmallAtSender,
@@ -35,7 +40,8 @@ inline rnic::WcStatus expected_status(const rnic::DeviceCaps& c, Case what) {
   using rnic::WcStatus;
   const bool rxe = is_rxe(c);
   switch (what) {
-    case Case::kBadLocalSge:  // rxe: copy_data fails, the WQE ends LOC_QP_OP_ERR
+    case Case::kGatherSgeUnusable:  // rxe: the key lookup fails, the WQE ends LOC_QP_OP_ERR
+    case Case::kReceiveScatterUnusable:
       return rxe ? WcStatus::kLocalQpOperationError : WcStatus::kLocalProtectionError;
     case Case::kReceiveTooSmallAtReceiver:
       return rxe ? WcStatus::kLocalQpOperationError : WcStatus::kLocalLengthError;
@@ -52,5 +58,10 @@ inline rnic::WcStatus expected_status(const rnic::DeviceCaps& c, Case what) {
 // sent); mlx5 and the software RNIC send it and the responder answers with a
 // remote-invalid-request completion.
 inline bool misaligned_atomic_refused_at_post(const rnic::DeviceCaps& c) { return is_rxe(c); }
+
+// A CQ overrun: mlx5 and the software RNIC move the QP whose completion did
+// not fit to ERROR; rxe (rxe_cq_post fails, IB_EVENT_CQ_ERR is raised) leaves
+// it in RTS. Both report the overrun (poll: kResourceExhausted).
+inline bool overrun_stops_the_producer(const rnic::DeviceCaps& c) { return !is_rxe(c); }
 
 }  // namespace hyperloop::device_differences
