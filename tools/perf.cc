@@ -405,8 +405,8 @@ std::string device_list() {
 
 Result<std::unique_ptr<rnic::Device>> open_named(const std::string& name) {
   auto dev = rnic::open_device(name);
-  if (!dev) return Status(dev.status().code(), "device '" + name + "': " + dev.status().message() +
-                                                   " (devices found: " + device_list() + ")");
+  // open_device names the devices this machine has when it finds none by that name.
+  if (!dev) return Status(dev.status().code(), "device '" + name + "': " + dev.status().message());
   return dev;
 }
 
