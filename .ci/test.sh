@@ -11,7 +11,8 @@
 #      the smoke check (ibv_devinfo, RC ping-pongs over rxe0 and ns1/rxe1 to
 #      ns2/rxe2, status_test), then our suites on the kernel's rxe devices
 #      (tests/vm/suites.sh: verbs_test, conformance_test on soft and rxe0,
-#      primitives/txn/daemons on rxe0, daemons in two namespaces, hyperloop-perf)
+#      primitives/txn/daemons on rxe0, daemons in two namespaces, hyperloop-perf;
+#      verbs_test and conformance_test of build-asan/ on rxe0 too)
 # Fresh Debian 12, as root: bash .ci/test.sh   (exits non-zero on any failure)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -111,6 +112,6 @@ cmake --build "$TMP/consumer-build" -j "$JOBS"
 section "Soft-RoCE VM (tests/vm)"
 bash tests/vm/prepare.sh
 bash tests/vm/smoke.sh build/tests/status_test
-bash tests/vm/suites.sh build
+bash tests/vm/suites.sh build build-asan
 
 section "all checks passed"

@@ -2,9 +2,10 @@
 # Runs inside the VM (tests/vm/suites.sh boots it): the suites on rxe0,
 # rxe1 and rxe2, each summarised; exits non-zero at the first failure,
 # naming it and printing the end of its log.
-#   suites-guest.sh BUILD_DIR
+#   suites-guest.sh BUILD_DIR [ASAN_BUILD_DIR]
 set -uo pipefail
 BUILD="$1"
+ASAN="${2:-}"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 LOGS="$(mktemp -d /tmp/vm-suites.XXXXXX)"
 SECONDS=0
@@ -16,7 +17,7 @@ gtest() {
   shift 2
   "$@" --gtest_color=no >"$log" 2>&1
   local rc=$?
-  grep -E '^\[==========\] [0-9]+ tests? from .* ran|^\[  (PASSED|FAILED|SKIPPED) \]' "$log" | sed 's/^/   /'
+  grep -E '^\[==========\] [0-9]+ tests? from .* ran|^\[  (PASSED|FAILED|SKIPPED) +\]' "$log" | sed 's/^/   /'
   if [[ $rc -ne 0 ]]; then
     grep -E '^\[  FAILED  \]|Failure' -A6 "$log" | head -60 >&2
     fail "$label (exit $rc; log $log)"
@@ -37,6 +38,12 @@ gtest "conformance_test on rxe0" conf-rxe0 env HYPERLOOP_CONFORMANCE_DEVICES=rxe
 n_soft="$(ran "$LOGS/conf-soft.log")" n_rxe="$(ran "$LOGS/conf-rxe0.log")"
 echo "   conformance: soft $n_soft tests, rxe0 $n_rxe tests"
 [[ -n "$n_soft" && "$n_soft" -gt 0 && "$n_soft" == "$n_rxe" ]] || fail "conformance counts differ (soft $n_soft, rxe0 $n_rxe)"
+
+if [[ -n "$ASAN" ]]; then
+  step "verbs_test and conformance_test of the ASan/UBSan build on rxe0"
+  gtest "verbs_test (ASan) on rxe0" verbs-asan env HYPERLOOP_VERBS_DEVICE=rxe0 "$ASAN/tests/verbs_test"
+  gtest "conformance_test (ASan) on rxe0" conf-asan env HYPERLOOP_CONFORMANCE_DEVICES=rxe0 "$ASAN/tests/conformance_test"
+fi
 
 step "device suites on rxe0: primitives, txn, daemons"
 export HYPERLOOP_DAEMON_TEST_WATCHDOG_S="${HYPERLOOP_DAEMON_TEST_WATCHDOG_S:-600}"
