@@ -92,6 +92,37 @@ std::string_view qp_state_name(QpState s) {
   return "?";
 }
 
+namespace {
+bool is_pow2(uint32_t v) { return v && !(v & (v - 1)); }
+}  // namespace
+
+Status check_cq_attr(const CqAttr& attr, const DeviceCaps& caps) {
+  if (!is_pow2(attr.cqe_count) || attr.cqe_count > caps.max_cqe)
+    return invalid_argument("cqe_count must be a power of two no larger than caps().max_cqe");
+  return Status::ok();
+}
+
+Status check_qp_sizes(const QpAttr& a, const DeviceCaps& caps) {
+  if (!is_pow2(a.send_wqebbs) || a.send_wqebbs > caps.max_send_wqebbs || a.send_wqebbs < 2)
+    return invalid_argument("send_wqebbs must be a power of two in [2, caps().max_send_wqebbs]");
+  if (!is_pow2(a.recv_wqes) || a.recv_wqes > caps.max_recv_wqes)
+    return invalid_argument("recv_wqes must be a power of two no larger than caps().max_recv_wqes");
+  if (a.max_recv_sge == 0 || a.max_recv_sge > caps.max_sge)
+    return invalid_argument("max_recv_sge must be in [1, caps().max_sge]");
+  return Status::ok();
+}
+
+Status check_memory_registration(const void* addr, size_t length, uint32_t access, const DeviceCaps& caps) {
+  if (!addr || length == 0) return invalid_argument("memory region needs an address and a length");
+  if (access & ~kAccessAll) return invalid_argument("unknown access flags");
+  if ((access & (kAccessRemoteWrite | kAccessRemoteAtomic)) && !(access & kAccessLocalWrite))
+    return invalid_argument("remote write or atomic access requires local write");
+  if (length > caps.max_mr_size) return invalid_argument("memory region larger than caps().max_mr_size");
+  const uint64_t a = reinterpret_cast<uint64_t>(addr);
+  if (a + length < a) return invalid_argument("memory region wraps the address space");
+  return Status::ok();
+}
+
 Status connect_pair(QueuePair& a, QueuePair& b, uint32_t remote_access) {
   HL_RETURN_IF_ERROR(a.init(remote_access));
   HL_RETURN_IF_ERROR(b.init(remote_access));

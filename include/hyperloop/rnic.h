@@ -369,6 +369,13 @@ Result<std::unique_ptr<Device>> open_device(std::string_view name);
 // Names open_device accepts on this machine, "soft" first.
 std::vector<std::string> list_devices();
 
+// The attribute checks every backend makes before it creates an object, in
+// one place so that devices refuse alike. Each returns kInvalidArgument
+// naming what is wrong, or OK.
+Status check_cq_attr(const CqAttr& attr, const DeviceCaps& caps);
+Status check_qp_sizes(const QpAttr& attr, const DeviceCaps& caps);  // queue sizes and SGEs
+Status check_memory_registration(const void* addr, size_t length, uint32_t access, const DeviceCaps& caps);
+
 // Brings two fresh QPs to RTS connected to each other, with the given
 // remote-access rights on both.
 Status connect_pair(QueuePair& a, QueuePair& b, uint32_t remote_access = kAccessAllRemote);

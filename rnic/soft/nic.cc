@@ -66,8 +66,7 @@ Result<std::unique_ptr<rnic::ProtectionDomain>> Nic::alloc_pd() {
 }
 
 Result<std::unique_ptr<rnic::CompletionQueue>> Nic::create_cq(const rnic::CqAttr& attr) {
-  if (!is_pow2(attr.cqe_count) || attr.cqe_count > impl_->caps.max_cqe)
-    return invalid_argument("cqe_count must be a power of two no larger than caps().max_cqe");
+  HL_RETURN_IF_ERROR(rnic::check_cq_attr(attr, impl_->caps));
   std::shared_ptr<SoftChannelState> channel;
   if (attr.channel) {
     auto* ch = dynamic_cast<SoftChannel*>(attr.channel);
@@ -178,13 +177,7 @@ Result<rnic::CompletionQueue*> SoftChannel::wait(int64_t timeout_ns) {
 // ---- memory regions ----------------------------------------------------------------
 Result<std::unique_ptr<rnic::MemoryRegion>> SoftPd::register_memory(void* addr, size_t length,
                                                                      uint32_t access) {
-  if (!addr || length == 0) return invalid_argument("memory region needs an address and a length");
-  if (access & ~rnic::kAccessAll) return invalid_argument("unknown access flags");
-  if ((access & (rnic::kAccessRemoteWrite | rnic::kAccessRemoteAtomic)) && !(access & rnic::kAccessLocalWrite))
-    return invalid_argument("remote write or atomic access requires local write");
-  if (length > nic->caps.max_mr_size) return invalid_argument("memory region larger than caps().max_mr_size");
-  const uint64_t a = reinterpret_cast<uint64_t>(addr);
-  if (a + length < a) return invalid_argument("memory region wraps the address space");
+  HL_RETURN_IF_ERROR(rnic::check_memory_registration(addr, length, access, nic->caps));
   auto l = nic->ctrl_lock();
   // Indices 0 and 1 stay unused: key 0 is never valid and no key can equal the
   // receive-list terminator (kInvalidLkey = 0x100).
@@ -283,12 +276,7 @@ Result<std::unique_ptr<rnic::QueuePair>> SoftPd::create_qp(const rnic::QpAttr& a
   auto* rcq = dynamic_cast<SoftCq*>(a.recv_cq);
   if (!scq || !rcq || scq->nic != nic || rcq->nic != nic)
     return invalid_argument("QP's CQs must belong to the same soft NIC");
-  if (!is_pow2(a.send_wqebbs) || a.send_wqebbs > caps.max_send_wqebbs || a.send_wqebbs < 2)
-    return invalid_argument("send_wqebbs must be a power of two in [2, caps().max_send_wqebbs]");
-  if (!is_pow2(a.recv_wqes) || a.recv_wqes > caps.max_recv_wqes)
-    return invalid_argument("recv_wqes must be a power of two no larger than caps().max_recv_wqes");
-  if (a.max_recv_sge == 0 || a.max_recv_sge > caps.max_sge)
-    return invalid_argument("max_recv_sge must be in [1, caps().max_sge]");
+  HL_RETURN_IF_ERROR(rnic::check_qp_sizes(a, caps));
   auto qp = std::make_unique<SoftQp>();
   qp->nic = nic;
   qp->pd = this;

@@ -61,7 +61,6 @@ uint32_t floor_pow2(uint64_t v) {
   while (p * 2 <= v && p * 2 <= (1ull << 31)) p *= 2;
   return uint32_t(p);
 }
-bool is_pow2(uint32_t v) { return v && !(v & (v - 1)); }
 
 uint32_t random_psn() {
   uint32_t v = 0;
@@ -634,13 +633,7 @@ class VerbsPd final : public rnic::ProtectionDomain {
   }
 
   Result<std::unique_ptr<rnic::MemoryRegion>> register_memory(void* addr, size_t length, uint32_t access) override {
-    if (!addr || length == 0) return invalid_argument("memory region needs an address and a length");
-    if (access & ~rnic::kAccessAll) return invalid_argument("unknown access flags");
-    if ((access & (rnic::kAccessRemoteWrite | rnic::kAccessRemoteAtomic)) && !(access & rnic::kAccessLocalWrite))
-      return invalid_argument("remote write or atomic access requires local write");
-    if (length > d->caps.max_mr_size) return invalid_argument("memory region larger than caps().max_mr_size");
-    const uint64_t a = reinterpret_cast<uint64_t>(addr);
-    if (a + length < a) return invalid_argument("memory region wraps the address space");
+    HL_RETURN_IF_ERROR(rnic::check_memory_registration(addr, length, access, d->caps));
     ibv_mr* mr = ibv_reg_mr(pd, addr, length, int(access));
     if (!mr) return from_errno(errno, "ibv_reg_mr on " + d->name);
     auto m = std::make_unique<VerbsMr>();
@@ -656,12 +649,7 @@ class VerbsPd final : public rnic::ProtectionDomain {
     VerbsCq* scq = own_cq(d, a.send_cq);
     VerbsCq* rcq = own_cq(d, a.recv_cq);
     if (!scq || !rcq) return invalid_argument("send_cq and recv_cq must be CQs of this device");
-    if (!is_pow2(a.send_wqebbs) || a.send_wqebbs > caps.max_send_wqebbs || a.send_wqebbs < 2)
-      return invalid_argument("send_wqebbs must be a power of two in [2, caps().max_send_wqebbs]");
-    if (!is_pow2(a.recv_wqes) || a.recv_wqes > caps.max_recv_wqes)
-      return invalid_argument("recv_wqes must be a power of two no larger than caps().max_recv_wqes");
-    if (a.max_recv_sge == 0 || a.max_recv_sge > caps.max_sge)
-      return invalid_argument("max_recv_sge must be in [1, caps().max_sge]");
+    HL_RETURN_IF_ERROR(rnic::check_qp_sizes(a, caps));
     if (a.rnr_retry > 7 || a.retry_count > 7) return invalid_argument("rnr_retry and retry_count are 3-bit (0..7)");
     if (a.ack_timeout > 31) return invalid_argument("ack_timeout is 5-bit (0..31)");
     ibv_qp_init_attr ia{};
@@ -702,8 +690,7 @@ class VerbsDevice final : public rnic::Device {
   }
 
   Result<std::unique_ptr<rnic::CompletionQueue>> create_cq(const rnic::CqAttr& attr) override {
-    if (!is_pow2(attr.cqe_count) || attr.cqe_count > c_->caps.max_cqe)
-      return invalid_argument("cqe_count must be a power of two no larger than caps().max_cqe");
+    HL_RETURN_IF_ERROR(rnic::check_cq_attr(attr, c_->caps));
     if (attr.ignore_overrun)
       return not_supported("CQs that ignore overrun are not in standard verbs (" + c_->name + ")");
     std::shared_ptr<ChanState> chan;
