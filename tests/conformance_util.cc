@@ -91,19 +91,7 @@ void Harness::settle() {
 }
 
 std::optional<WorkCompletion> poll_one(CompletionQueue& cq, Harness& h) {
-  WorkCompletion wc{};
-  bool got = false;
-  h.run_until([&] {
-    auto r = cq.poll(std::span<WorkCompletion>(&wc, 1));
-    if (!r.is_ok()) {
-      ADD_FAILURE() << "poll failed: " << r.status().to_string();
-      return true;
-    }
-    got = *r == 1;
-    return got;
-  });
-  if (!got) return std::nullopt;
-  return wc;
+  return poll_one_driven(cq, [&](const std::function<bool()>& pred) { return h.run_until(pred); });
 }
 
 std::vector<WorkCompletion> poll_n(CompletionQueue& cq, Harness& h, size_t n) {

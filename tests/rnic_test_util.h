@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <deque>
 #include <initializer_list>
 #include <memory>
@@ -484,6 +485,25 @@ inline std::vector<WorkCompletion> drain(CompletionQueue& cq) {
     out.insert(out.end(), buf, buf + *r);
   }
   return out;
+}
+// One completion from cq, taken while `run_until(pred)` drives the device
+// (a ManualExecutor's run_until, a conformance Harness's); nullopt when it
+// gave up first. A failed poll is a test failure.
+template <typename RunUntil>
+std::optional<WorkCompletion> poll_one_driven(CompletionQueue& cq, RunUntil&& run_until) {
+  WorkCompletion wc{};
+  bool got = false;
+  run_until([&] {
+    auto r = cq.poll(std::span<WorkCompletion>(&wc, 1));
+    if (!r.is_ok()) {
+      ADD_FAILURE() << "poll failed: " << r.status().to_string();
+      return true;
+    }
+    got = *r == 1;
+    return got;
+  });
+  if (!got) return std::nullopt;
+  return wc;
 }
 // Polls with a bounded spin: for threaded executors.
 inline std::optional<WorkCompletion> spin_poll_one(CompletionQueue& cq, uint64_t max_iterations = 200'000'000) {

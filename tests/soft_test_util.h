@@ -53,21 +53,7 @@ class Node : public DeviceNode {
 // Steps until one completion is polled from cq, or max_steps ran out.
 inline std::optional<WorkCompletion> poll_one(CompletionQueue& cq, soft::ManualExecutor& ex,
                                               uint64_t max_steps = kDefaultMaxSteps) {
-  WorkCompletion wc{};
-  bool got = false;
-  ex.run_until(
-      [&] {
-        auto r = cq.poll(std::span<WorkCompletion>(&wc, 1));
-        if (!r.is_ok()) {
-          ADD_FAILURE() << "poll failed: " << r.status().to_string();
-          return true;
-        }
-        got = *r == 1;
-        return got;
-      },
-      max_steps);
-  if (!got) return std::nullopt;
-  return wc;
+  return poll_one_driven(cq, [&](const std::function<bool()>& pred) { return ex.run_until(pred, max_steps); });
 }
 // n completions in order (fewer if steps ran out).
 inline std::vector<WorkCompletion> poll_n(CompletionQueue& cq, soft::ManualExecutor& ex, size_t n,
