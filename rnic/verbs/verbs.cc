@@ -14,7 +14,9 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <unordered_set>
@@ -101,9 +103,60 @@ WcOpcode map_opcode(ibv_wc_opcode o) {
     case IBV_WC_FETCH_ADD: return WcOpcode::kAtomicFaa;
     case IBV_WC_RECV: return WcOpcode::kRecv;
     case IBV_WC_RECV_RDMA_WITH_IMM: return WcOpcode::kRecvRdmaWithImm;
+    default: break;
+  }
+  switch (int(o)) {  // the patched rxe's CQE opcode of its cross-channel WQEs is the WR opcode
+    case 0xf0: return WcOpcode::kWait;
+    case 0xf1: return WcOpcode::kSendEnable;
+    case 0xf2: return WcOpcode::kRecvEnable;
     default: return WcOpcode::kUnknown;
   }
 }
+
+// ---- the cross-channel ABI of the patched rxe --------------------------------------------
+// driver-patches/linux-6.1-rxe-cross-channel/README.md defines it; stock
+// librxe posts all of it through ibv_post_send. Never used unless the
+// module's marker says it is there (a stock rxe indexes its opcode table
+// with the opcode unchecked).
+namespace rxe_cc {
+constexpr uint32_t kVendorId = 0xFFFFFF;  // rxe's
+constexpr uint32_t kMagic = 0x43434c48;   // "HLCC"
+constexpr uint32_t kAbi = 1;
+constexpr uint32_t kKindSq = 1;
+// Words of struct rxe_queue_buf's pad_1, from byte 8 of each mapped ring.
+constexpr size_t kHdrMagic = 0, kHdrAbi = 1, kHdrKind = 2, kHdrId = 3, kHdrRequest = 4, kHdrFlags = 5;
+constexpr int kWrWait = 0xf0, kWrSendEn = 0xf1, kWrRecvEn = 0xf2;
+constexpr uint32_t kWaitRecvCq = 1u << 31;
+constexpr uint32_t kCrossChannel = 1u << 2, kManagedSend = 1u << 3, kManagedRecv = 1u << 4;  // IB_QP_CREATE_*
+constexpr const char* kMarker = "/sys/module/rdma_rxe/parameters/cross_channel_abi";
+
+bool module_has_it() {
+  std::ifstream f(kMarker);
+  uint32_t v = 0;
+  return f && (f >> v) && v == kAbi;
+}
+
+// The header words of the send ring rxe mapped for QP `qpn` through
+// `dev_path` (/dev/infiniband/uverbsN), found among this process's mappings
+// of that device (rxe maps only its rings there) by the tag the patched
+// module writes into each ring's header. nullptr if none.
+uint32_t* find_send_ring(const std::string& dev_path, uint32_t qpn) {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    std::istringstream in(line);
+    std::string range, perms, offset, dev, inode, path;
+    if (!(in >> range >> perms >> offset >> dev >> inode >> path) || path != dev_path) continue;
+    if (perms.size() < 2 || perms[0] != 'r' || perms[1] != 'w') continue;
+    const uint64_t start = std::stoull(range.substr(0, range.find('-')), nullptr, 16);
+    auto* w = reinterpret_cast<uint32_t*>(start + 8);
+    if (__atomic_load_n(&w[kHdrMagic], __ATOMIC_ACQUIRE) == kMagic && w[kHdrAbi] == kAbi && w[kHdrKind] == kKindSq &&
+        w[kHdrId] == qpn)
+      return w;
+  }
+  return nullptr;
+}
+}  // namespace rxe_cc
 
 QpState map_state(ibv_qp_state s) {
   switch (s) {
@@ -179,6 +232,8 @@ struct Ctx {
   rnic::DeviceCaps caps;
   uint32_t max_send_sge = 1;
   bool cq_ex = true;  // ibv_create_cq_ex works (else plain ibv_create_cq)
+  bool rxe_cc = false;      // the patched rxe: cross-channel through rxe_cc
+  std::string uverbs_path;  // /dev/infiniband/uverbsN
   std::atomic<uint32_t> next_cqn{1};
 
   // CQs the async thread may mark (IBV_EVENT_CQ_ERR).
@@ -216,6 +271,25 @@ class VerbsCq final : public rnic::CompletionQueue {
   uint32_t size_ = 0;
   std::shared_ptr<ChanState> chan;
   std::atomic<bool> overrun{false};
+  // QPs using this CQ, {qpn, as its recv CQ}: the patched rxe's WAIT names
+  // the CQ it watches through one of them.
+  std::mutex users_mu;
+  std::vector<std::pair<uint32_t, bool>> users;
+  void add_user(uint32_t qpn, bool recv) {
+    std::lock_guard<std::mutex> l(users_mu);
+    users.emplace_back(qpn, recv);
+  }
+  void remove_user(uint32_t qpn, bool recv) {
+    std::lock_guard<std::mutex> l(users_mu);
+    auto it = std::find(users.begin(), users.end(), std::make_pair(qpn, recv));
+    if (it != users.end()) users.erase(it);
+  }
+  bool any_user(std::pair<uint32_t, bool>* out) const {
+    std::lock_guard<std::mutex> l(const_cast<std::mutex&>(users_mu));
+    if (users.empty()) return false;
+    *out = users.front();
+    return true;
+  }
 
   ~VerbsCq() override {
     {
@@ -423,9 +497,15 @@ class VerbsQp final : public rnic::QueuePair {
   uint32_t posted = 0;  // send WRs posted (send_producer)
   uint32_t recv_posted = 0;
   std::atomic<QpState> cached{QpState::kReset};  // the last state we moved it to
+  VerbsCq* scq = nullptr;
+  VerbsCq* rcq = nullptr;
+  uint32_t cc_request = 0;     // rxe_cc flags asked for in the send ring's header
+  uint32_t* cc_hdr = nullptr;  // that header (rxe_cc only)
 
   ~VerbsQp() override {
     if (qp) {
+      scq->remove_user(qp->qp_num, false);
+      rcq->remove_user(qp->qp_num, true);
       if (int rc = ibv_destroy_qp(qp))
         log(LogLevel::kError, "verbs", "destroy_qp_failed", {{"device", d->name}, {"error", errno_text(rc)}});
     }
@@ -455,7 +535,13 @@ class VerbsQp final : public rnic::QueuePair {
     a.pkey_index = 0;
     a.port_num = d->port;
     a.qp_access_flags = access;  // rnic::Access values are IBV_ACCESS_*
-    return modify(a, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS, QpState::kInit, "INIT");
+    HL_RETURN_IF_ERROR(
+        modify(a, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS, QpState::kInit, "INIT"));
+    // RESET -> INIT latched the cross-channel flags: check the module took them.
+    if (cc_hdr && __atomic_load_n(&cc_hdr[rxe_cc::kHdrFlags], __ATOMIC_ACQUIRE) != cc_request)
+      return internal_error("the patched rxe did not take the cross-channel flags of QP " +
+                            std::to_string(qp->qp_num));
+    return Status::ok();
   }
 
   Status connect(const rnic::QpAddress& remote) override {
@@ -530,8 +616,7 @@ class VerbsQp final : public rnic::QueuePair {
       case WrOpcode::kNop: return not_supported("NOP is not a verbs work request (caps().nop is false)");
       case WrOpcode::kWait:
       case WrOpcode::kSendEnable:
-      case WrOpcode::kRecvEnable:
-        return not_supported("WAIT/SEND_EN/RECV_EN need cross-channel, which standard verbs lack");
+      case WrOpcode::kRecvEnable: return post_cross_channel(wr);
       default: return invalid_argument("unknown work request opcode");
     }
     if (wr.flags & ~uint32_t(rnic::kSendSignaled | rnic::kSendFence | rnic::kSendInline | rnic::kSendSolicited))
@@ -570,6 +655,46 @@ class VerbsQp final : public rnic::QueuePair {
       w.wr.rdma.remote_addr = wr.remote_addr;
       w.wr.rdma.rkey = wr.rkey;
     }
+    ibv_send_wr* bad = nullptr;
+    if (int rc = ibv_post_send(qp, &w, &bad)) {
+      rc = rc < 0 ? -rc : rc;
+      if (rc == ENOMEM) return resource_exhausted("send queue full");
+      return from_errno(rc, "ibv_post_send");
+    }
+    ++posted;
+    return Status::ok();
+  }
+
+  // WAIT / SEND_EN / RECV_EN on the patched rxe (rxe_cc): no SGEs; imm_data
+  // carries the QPN as a host-order u32, remote_addr the index.
+  Status post_cross_channel(const rnic::SendWr& wr) {
+    if (!d->rxe_cc) return not_supported("WAIT/SEND_EN/RECV_EN need cross-channel, which standard verbs lack");
+    if (!attr.cross_channel) return not_supported("cross-channel work requests need a QP created with cross_channel");
+    if (!wr.sg.empty()) return invalid_argument("WAIT/SEND_EN/RECV_EN take no SGEs");
+    if (wr.flags & ~uint32_t(rnic::kSendSignaled | rnic::kSendFence))
+      return invalid_argument("WAIT/SEND_EN/RECV_EN take only the signaled and fence flags");
+    ibv_send_wr w{};
+    uint32_t imm = 0;
+    if (wr.opcode == WrOpcode::kWait) {
+      auto* cq = dynamic_cast<const VerbsCq*>(wr.wait_cq);
+      if (!cq || cq->d != d) return invalid_argument("WAIT needs a CQ of this device");
+      std::pair<uint32_t, bool> user;
+      if (!cq->any_user(&user))
+        return invalid_argument("on rxe a WAIT names its CQ through a QP that uses it; this CQ has none");
+      imm = user.first | (user.second ? rxe_cc::kWaitRecvCq : 0);
+      w.opcode = ibv_wr_opcode(rxe_cc::kWrWait);
+      w.wr.rdma.remote_addr = wr.index & 0xffffff;
+    } else {
+      auto* t = dynamic_cast<const VerbsQp*>(wr.enable_qp);
+      if (!t || t->d != d) return invalid_argument("SEND_EN/RECV_EN need a QP of this device");
+      imm = t->qp->qp_num;
+      w.opcode = ibv_wr_opcode(wr.opcode == WrOpcode::kSendEnable ? rxe_cc::kWrSendEn : rxe_cc::kWrRecvEn);
+      w.wr.rdma.remote_addr = wr.index & 0xffff;
+    }
+    w.imm_data = imm;  // raw: the module reads the u32 as is
+    w.wr_id = wr.wr_id;
+    if (wr.flags & rnic::kSendSignaled) w.send_flags |= IBV_SEND_SIGNALED;
+    if (wr.flags & rnic::kSendFence) w.send_flags |= IBV_SEND_FENCE;
     ibv_send_wr* bad = nullptr;
     if (int rc = ibv_post_send(qp, &w, &bad)) {
       rc = rc < 0 ? -rc : rc;
@@ -644,7 +769,8 @@ class VerbsPd final : public rnic::ProtectionDomain {
 
   Result<std::unique_ptr<rnic::QueuePair>> create_qp(const rnic::QpAttr& a) override {
     const auto& caps = d->caps;
-    if (a.cross_channel || a.managed_send || a.managed_recv)
+    const bool cc = a.cross_channel || a.managed_send || a.managed_recv;
+    if (cc && !d->rxe_cc)
       return not_supported("cross-channel and managed queues are not in standard verbs (" + d->name + ")");
     VerbsCq* scq = own_cq(d, a.send_cq);
     VerbsCq* rcq = own_cq(d, a.recv_cq);
@@ -668,6 +794,20 @@ class VerbsPd final : public rnic::ProtectionDomain {
     q->d = d;
     q->qp = qp;
     q->attr = a;
+    q->scq = scq;
+    q->rcq = rcq;
+    scq->add_user(qp->qp_num, false);
+    rcq->add_user(qp->qp_num, true);
+    if (cc) {
+      // Ask through the send ring's header; RESET -> INIT (init()) latches it.
+      q->cc_hdr = rxe_cc::find_send_ring(d->uverbs_path, qp->qp_num);
+      if (!q->cc_hdr)
+        return internal_error("the patched rxe's send ring of QP " + std::to_string(qp->qp_num) +
+                              " is not among this process's mappings of " + d->uverbs_path);
+      q->cc_request = (a.cross_channel ? rxe_cc::kCrossChannel : 0) | (a.managed_send ? rxe_cc::kManagedSend : 0) |
+                      (a.managed_recv ? rxe_cc::kManagedRecv : 0);
+      __atomic_store_n(&q->cc_hdr[rxe_cc::kHdrRequest], q->cc_request, __ATOMIC_RELEASE);
+    }
     q->psn = random_psn();
     q->max_inline = std::min<uint32_t>(ia.cap.max_inline_data, caps.max_inline_data);
     return std::unique_ptr<rnic::QueuePair>(std::move(q));
@@ -691,8 +831,10 @@ class VerbsDevice final : public rnic::Device {
 
   Result<std::unique_ptr<rnic::CompletionQueue>> create_cq(const rnic::CqAttr& attr) override {
     HL_RETURN_IF_ERROR(rnic::check_cq_attr(attr, c_->caps));
-    if (attr.ignore_overrun)
+    if (attr.ignore_overrun && !c_->rxe_cc)
       return not_supported("CQs that ignore overrun are not in standard verbs (" + c_->name + ")");
+    if (attr.ignore_overrun && !c_->cq_ex)
+      return not_supported("ignore-overrun CQs need ibv_create_cq_ex, which " + c_->name + " lacks");
     std::shared_ptr<ChanState> chan;
     if (attr.channel) {
       auto* vc = dynamic_cast<VerbsChannel*>(attr.channel);
@@ -712,6 +854,10 @@ class VerbsDevice final : public rnic::Device {
       ea.channel = chan ? chan->ch : nullptr;
       ea.comp_vector = 0;
       ea.wc_flags = IBV_WC_EX_WITH_BYTE_LEN | IBV_WC_EX_WITH_IMM | IBV_WC_EX_WITH_QP_NUM;
+      if (attr.ignore_overrun) {
+        ea.comp_mask |= IBV_CQ_INIT_ATTR_MASK_FLAGS;
+        ea.flags = IBV_CREATE_CQ_ATTR_IGNORE_OVERRUN;
+      }
       q->cqx = ibv_create_cq_ex(c_->ctx, &ea);
       if (q->cqx) {
         q->cq = ibv_cq_ex_to_cq(q->cqx);
@@ -867,6 +1013,13 @@ Result<std::unique_ptr<rnic::Device>> open(std::string_view name, const Options&
   k.max_mr_size = da.max_mr_size;
   k.max_msg_size = pa.max_msg_sz;
   k.max_rd_atomic = uint32_t(std::max(da.max_qp_rd_atom, 1));
+  // The patched rxe (driver-patches/linux-6.1-rxe-cross-channel): its
+  // module's marker, on an rxe device.
+  c->uverbs_path = std::string("/dev/infiniband/") + c->ctx->device->dev_name;
+  if (da.vendor_id == rxe_cc::kVendorId && rxe_cc::module_has_it()) {
+    c->rxe_cc = true;
+    k.cross_channel = k.managed_queues = k.cq_ignore_overrun = true;
+  }
 
   // Inline size: probe with a throwaway PD, CQ and QP.
   if (ibv_pd* pd = ibv_alloc_pd(c->ctx)) {

@@ -2,7 +2,7 @@
 # Boots Debian's stock kernel under qemu (TCG) with Soft-RoCE and runs one
 # command inside; exits with the command's exit status.
 #
-#   tests/vm/run.sh [--timeout SECONDS] [--netns2] [--log FILE] -- COMMAND [ARG...]
+#   tests/vm/run.sh [--timeout SECONDS] [--netns2] [--rxe-module KO] [--log FILE] -- COMMAND [ARG...]
 #
 # COMMAND runs as root in the guest, in the host's file tree (the host's / over
 # 9p, read-only, under a tmpfs overlay: writes succeed and vanish), in the
@@ -10,6 +10,8 @@
 # --netns2 adds namespaces ns1/ns2 joined by veth1 (ns1, 192.0.2.11/24) and
 # veth2 (ns2, 192.0.2.12/24), and rxe1/rxe2 on the veth pair rv1/rv2
 # (198.51.100.1 and .2, initial namespace: 6.1's rxe works only there).
+# --rxe-module loads KO instead of the stock rdma_rxe.ko (a module built for
+# this kernel, e.g. driver-patches/linux-6.1-rxe-cross-channel/build.sh).
 # Exit status: COMMAND's; 124 if the VM ran past --timeout (qemu is killed;
 # never a pass); 125 for any other harness failure (kernel panic, rxe0
 # missing, module or mount failure, qemu error).
@@ -19,13 +21,14 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 CACHE="${HYPERLOOP_VM_CACHE:-$repo/build/vm}"
-TIMEOUT=300 NETNS2=0 LOG="$CACHE/console.log"
+TIMEOUT=300 NETNS2=0 RXE_KO="" LOG="$CACHE/console.log"
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}" >&2; exit 125; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --timeout) [[ $# -ge 2 && "$2" =~ ^[0-9]+$ && "$2" -gt 0 ]] || usage; TIMEOUT="$2"; shift 2 ;;
     --timeout=*) TIMEOUT="${1#*=}"; [[ "$TIMEOUT" =~ ^[0-9]+$ && "$TIMEOUT" -gt 0 ]] || usage; shift ;;
     --netns2) NETNS2=1; shift ;;
+    --rxe-module) [[ $# -ge 2 ]] || usage; RXE_KO="$(realpath "$2")"; shift 2 ;;
     --log) [[ $# -ge 2 ]] || usage; LOG="$2"; shift 2 ;;
     --) shift; break ;;
     *) echo "vm: unknown argument '$1'" >&2; usage ;;
@@ -47,8 +50,12 @@ BUSYBOX="$(command -v busybox || true)"
   || die "a static busybox is needed (package busybox-static): run tests/vm/prepare.sh"
 
 # ---- initramfs, cached by the hash of everything that goes into it ----
-key="$( { sha256sum "$here/init" "$BUSYBOX"; echo "$MODDIR"; cat "$MODDIR/order"; } | sha256sum | cut -c1-16)"
-INITRD="$CACHE/initramfs-$key.cpio.gz"
+if [[ -n "$RXE_KO" ]]; then
+  [[ -f "$RXE_KO" ]] || die "--rxe-module: no such file $RXE_KO"
+  grep -qx rdma_rxe.ko "$MODDIR/order" || die "rdma_rxe.ko is not among the guest modules"
+fi
+key="$( { sha256sum "$here/init" "$BUSYBOX" ${RXE_KO:+"$RXE_KO"}; echo "$MODDIR"; cat "$MODDIR/order"; } | sha256sum | cut -c1-16)"
+INITRD="$CACHE/initramfs-${RXE_KO:+rxe-}$key.cpio.gz"
 if [[ ! -f "$INITRD" ]]; then
   say "building initramfs ($INITRD)"
   stage="$(mktemp -d)"
@@ -57,10 +64,13 @@ if [[ ! -f "$INITRD" ]]; then
   for a in $("$BUSYBOX" --list); do [[ "$a" == busybox ]] || ln -s busybox "$stage/bin/$a"; done
   install -m 0755 "$here/init" "$stage/init"
   cp "$MODDIR"/* "$stage/modules/"
+  [[ -z "$RXE_KO" ]] || cp "$RXE_KO" "$stage/modules/rdma_rxe.ko"
   ( cd "$stage" && find . -print0 | cpio --null -o -H newc --quiet | gzip -1 ) >"$INITRD.tmp"
   rm -rf "$stage"
   mv "$INITRD.tmp" "$INITRD"
-  find "$CACHE" -maxdepth 1 -name 'initramfs-*.cpio.gz' ! -name "$(basename "$INITRD")" -delete
+  # keep one stock and one --rxe-module initramfs
+  if [[ -n "$RXE_KO" ]]; then pat='initramfs-rxe-*.cpio.gz'; else pat='initramfs-[0-9a-f]*.cpio.gz'; fi
+  find "$CACHE" -maxdepth 1 -name "$pat" ! -name "$(basename "$INITRD")" -delete
 fi
 
 # ---- the run directory: 9p, read-write; command, config, status ----

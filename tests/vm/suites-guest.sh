@@ -3,6 +3,11 @@
 # rxe1 and rxe2, each summarised; exits non-zero at the first failure,
 # naming it and printing the end of its log.
 #   suites-guest.sh BUILD_DIR [ASAN_BUILD_DIR]
+# With HYPERLOOP_RXE_CC=1 the guest runs the patched rdma_rxe of
+# driver-patches/linux-6.1-rxe-cross-channel (tests/vm/suites.sh's second
+# boot): its marker is checked, verbs_test expects cross-channel, and
+# conformance_test (its CrossChannel suite now on rxe0's cross-channel, not
+# its refusal) must pass on soft and rxe0 with the same count.
 set -uo pipefail
 BUILD="$1"
 ASAN="${2:-}"
@@ -28,9 +33,19 @@ ran() { grep -E '^\[==========\] [0-9]+ tests? from .* ran' "$1" | sed -E 's/^\[
 
 step "rdma devices"
 ibv_devices || fail "ibv_devices"
+CC="${HYPERLOOP_RXE_CC:-0}"
+marker=/sys/module/rdma_rxe/parameters/cross_channel_abi
+if [[ "$CC" == 1 ]]; then
+  step "the patched rdma_rxe"
+  abi="$(cat "$marker" 2>/dev/null)" || fail "no $marker: the stock module is loaded"
+  echo "   cross_channel_abi $abi, taint $(cat /sys/module/rdma_rxe/taint)"
+  [[ "$abi" == 1 ]] || fail "cross_channel_abi is $abi, not 1"
+else
+  [[ ! -e "$marker" ]] || fail "the stock stage runs a patched rdma_rxe"
+fi
 
 step "verbs_test on rxe0"
-gtest "verbs_test on rxe0" verbs env HYPERLOOP_VERBS_DEVICE=rxe0 "$BUILD/tests/verbs_test"
+gtest "verbs_test on rxe0" verbs env HYPERLOOP_VERBS_DEVICE=rxe0 HYPERLOOP_EXPECT_CROSS_CHANNEL="$CC" "$BUILD/tests/verbs_test"
 
 step "conformance_test on soft and on rxe0"
 gtest "conformance_test on soft" conf-soft env HYPERLOOP_CONFORMANCE_DEVICES=soft "$BUILD/tests/conformance_test"
@@ -43,6 +58,11 @@ if [[ -n "$ASAN" ]]; then
   step "verbs_test and conformance_test of the ASan/UBSan build on rxe0"
   gtest "verbs_test (ASan) on rxe0" verbs-asan env HYPERLOOP_VERBS_DEVICE=rxe0 "$ASAN/tests/verbs_test"
   gtest "conformance_test (ASan) on rxe0" conf-asan env HYPERLOOP_CONFORMANCE_DEVICES=rxe0 "$ASAN/tests/conformance_test"
+fi
+
+if [[ "$CC" == 1 ]]; then
+  step "all suites passed on the patched rdma_rxe"
+  exit 0
 fi
 
 step "device suites on rxe0: primitives, txn, daemons"

@@ -10,6 +10,9 @@
 #                      SIGKILL recovery; then --netns: daemons in ns1/ns2 on
 #                      rxe1/rxe2, the client in ns1
 #   hyperloop-perf     all in one process on rxe0 (under TCG: not performance)
+#   patched rxe        a second boot with driver-patches/linux-6.1-rxe-cross-channel's
+#                      rdma_rxe (built by its build.sh): verbs_test expecting
+#                      cross-channel, conformance_test on soft and rxe0
 #
 #   sanitizers         with ASAN_BUILD: verbs_test and conformance_test of
 #                      that (ASan/UBSan) build on rxe0 as well
@@ -33,4 +36,12 @@ for b in verbs_test conformance_test primitives_test txn_test daemon_test; do
   [[ -x "$build/tests/$b" ]] || { echo "vm-suites: ERROR: $build/tests/$b missing (build first)" >&2; exit 125; }
 done
 [[ -x "$build/tools/hyperloop-perf" ]] || { echo "vm-suites: ERROR: $build/tools/hyperloop-perf missing (build first)" >&2; exit 125; }
-exec "$here/run.sh" --netns2 --timeout "${VM_SUITES_TIMEOUT:-1500}" -- "$here/suites-guest.sh" "$build" $asan
+echo "vm-suites: the stock rdma_rxe" >&2
+"$here/run.sh" --netns2 --timeout "${VM_SUITES_TIMEOUT:-1500}" -- "$here/suites-guest.sh" "$build" $asan
+# Second boot: the same kernel with the cross-channel rdma_rxe, built here
+# from linux-source-6.1 and linux-headers of exactly its version.
+echo "vm-suites: building the patched rdma_rxe (driver-patches/linux-6.1-rxe-cross-channel)" >&2
+ko="$(bash "$repo/driver-patches/linux-6.1-rxe-cross-channel/build.sh")" || { echo "vm-suites: ERROR: the patched module did not build" >&2; exit 1; }
+echo "vm-suites: the patched rdma_rxe ($ko)" >&2
+exec "$here/run.sh" --rxe-module "$ko" --timeout "${VM_SUITES_TIMEOUT:-1500}" -- \
+  env HYPERLOOP_RXE_CC=1 "$here/suites-guest.sh" "$build"
