@@ -5,7 +5,8 @@
 // (see hyperloop/mlx5/wqe.h). Backends:
 //   "soft", "soft:<name>"  rnic/soft, the software RNIC (embedded default)
 //   rdma-core names        rnic/verbs (hyperloop/verbs_rnic.h): rxe0, mlx5_0,
-//                          ... through standard verbs, no cross-channel
+//                          ... through standard verbs; cross-channel only on
+//                          rxe with driver-patches/linux-6.1-rxe-cross-channel
 //                          (rnic/mlx5 with DevX cross-channel is to come)
 //
 // Capabilities are explicit (DeviceCaps); an operation the device cannot do

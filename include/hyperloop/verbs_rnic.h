@@ -13,8 +13,13 @@
 //   WorkCompletion::opcode of an error completion    kUnknown (caps.error_cqe_opcode false)
 //   WorkCompletion::syndrome / wqe_counter           0 (mlx5 CQE fields);
 //                                                    vendor_syndrome = ibv_wc::vendor_err
-// So the primitives run here in ForwardMode::kCpuForward only; offload needs
-// cross-channel (rnic/mlx5, or rxe with driver-patches/).
+// Except on rxe with driver-patches/linux-6.1-rxe-cross-channel loaded (its
+// marker /sys/module/rdma_rxe/parameters/cross_channel_abi reads 1): there
+// WAIT/SEND_EN/RECV_EN, managed queues and ignore-overrun CQs work, through
+// the module's interface (its README; docs/verbs.md), and caps say so. No
+// new opcode is ever posted without that marker.
+// The primitives run here in ForwardMode::kCpuForward only; offload also
+// needs raw rings (rnic/mlx5; rxe's WQE format is to come).
 //
 // Addressing: port 1 (Options::port); the GID is the first RoCE v2 entry of
 // the port's table that maps an IPv4 address, else the first RoCE v2 entry,
