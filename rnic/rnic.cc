@@ -4,6 +4,7 @@
 
 #include <time.h>
 
+#include <cstring>
 #include <string>
 
 namespace hyperloop {
@@ -121,6 +122,33 @@ Status check_memory_registration(const void* addr, size_t length, uint32_t acces
   const uint64_t a = reinterpret_cast<uint64_t>(addr);
   if (a + length < a) return invalid_argument("memory region wraps the address space");
   return Status::ok();
+}
+
+void put_patch_field(std::byte* dst, uint64_t v, size_t bytes, bool big_endian) {
+  for (size_t i = 0; i < bytes; ++i) {
+    const size_t shift = 8 * (big_endian ? bytes - 1 - i : i);
+    dst[i] = std::byte(uint8_t(v >> shift));
+  }
+}
+
+Result<WritePatchMap> mlx5_write_patch_map(const mlx5::SendRingView& ring, uint32_t index) {
+  if (!ring.base || ring.wqebb_count == 0) return invalid_argument("no send ring");
+  mlx5::CtrlSeg ctrl;
+  std::memcpy(&ctrl, ring.ds(index, 0), sizeof ctrl);
+  const uint32_t w0 = mlx5::from_be32(ctrl.opmod_idx_opcode);
+  const uint32_t ds = mlx5::from_be32(ctrl.qpn_ds) & 0x3f;
+  mlx5::DataSeg data;
+  std::memcpy(&data, ring.ds(index, 2), sizeof data);
+  if ((w0 & 0xff) != mlx5::kOpRdmaWrite || ((w0 >> 8) & 0xffff) != (index & 0xffff) || ds < 3 ||
+      (mlx5::from_be32(data.byte_count) & mlx5::kInlineSeg))
+    return invalid_argument("no RDMA WRITE with a gather SGE at send counter " + std::to_string(index));
+  WritePatchMap m;
+  m.ring = std::span<std::byte>(ring.base, ring.bytes());
+  m.remote_addr = size_t(ring.ds(index, 1) - ring.base) + offsetof(mlx5::RaddrSeg, raddr);
+  m.rkey = size_t(ring.ds(index, 1) - ring.base) + offsetof(mlx5::RaddrSeg, rkey);
+  m.length = size_t(ring.ds(index, 2) - ring.base) + offsetof(mlx5::DataSeg, byte_count);
+  m.big_endian = true;
+  return m;
 }
 
 Status connect_pair(QueuePair& a, QueuePair& b, uint32_t remote_access) {

@@ -8,7 +8,8 @@
 // A device without cross-channel must refuse such QPs and CQs with
 // kNotSupported (rnic.h); each test checks that there instead.
 // (The mlx5 encoding of these WQEs and the remote patching of the ring are
-// soft_cross_channel_test's and soft_hyperloop_trick_test's.)
+// soft_cross_channel_test's and soft_hyperloop_trick_test's; here a peer
+// patches a pre-posted WRITE through the device's patch map.)
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -236,6 +237,56 @@ TEST_P(CrossChannel, CqesAnIgnoreOverrunCqCouldNotHoldStillCountForWait) {
   EXPECT_EQ(wc->status, WcStatus::kSuccess) << describe(*wc);
   EXPECT_TRUE(BytesEqual(dst.data(), src.data(), 8));
   EXPECT_NE(worker.state(), QpState::kError) << "an ignore-overrun CQ failed its producer";
+}
+
+// HyperLoop's trick on the device itself: a peer rewrites a pre-posted
+// WRITE's target and length in the managed queue's ring (through its patch
+// map, registered for remote writes); the WRITE that SEND_EN then releases
+// goes where the patch says, with the patched length.
+TEST_P(CrossChannel, APeersPatchOfAPrePostedWriteIsWhatRuns) {
+  if (!has_cross_channel()) return;
+  ASSERT_TRUE(caps().patchable_send_wqes);
+  CompletionQueue& mcq = a.new_cq(64);
+  CompletionQueue& scq = a.new_cq(64);
+  QueuePair& master = master_on(a, mcq);
+  QpAttr at = attr_on(a, scq);
+  at.managed_send = true;
+  QueuePair& managed = qp_on(a, at);
+  Region src = a.alloc_pattern(64, kLocalWrite, 16);
+  Region decoy = b.alloc(64, kAll, 0);
+  Region real = b.alloc(64, kAll, 0);
+  const uint32_t index = managed.send_producer();
+  HL_ASSERT_OK(post_write(managed, src.sge(0, 64), decoy.addr(), decoy.rkey(), kSig, 1));
+  const uint32_t after = managed.send_producer();
+  auto map = managed.write_patch_map(index);
+  ASSERT_TRUE(IsOk(map));
+  EXPECT_EQ(managed.write_patch_map(after).status().code(), StatusCode::kInvalidArgument)
+      << "a map of a slot holding no WRITE";
+  MemoryRegion& ring = a.register_memory(map->ring.data(), map->ring.size(), kLocalWrite | rnic::kAccessRemoteWrite);
+
+  // The peer's patch: the new address, rkey and length, in the map's byte order.
+  Region patch = b.alloc(16, kLocalWrite, 0);
+  rnic::put_patch_field(patch.data(), real.addr(8), 8, map->big_endian);
+  rnic::put_patch_field(patch.data() + 8, real.rkey(), 4, map->big_endian);
+  rnic::put_patch_field(patch.data() + 12, 40, 4, map->big_endian);
+  HL_ASSERT_OK(post_write(*qb, patch.sge(0, 8), ring.remote_addr(map->remote_addr), ring.rkey(), 0, 20));
+  HL_ASSERT_OK(post_write(*qb, patch.sge(8, 4), ring.remote_addr(map->rkey), ring.rkey(), 0, 21));
+  HL_ASSERT_OK(post_write(*qb, patch.sge(12, 4), ring.remote_addr(map->length), ring.rkey(), kSig, 22));
+  auto pw = poll_b();
+  ASSERT_TRUE(pw);
+  ASSERT_EQ(pw->status, WcStatus::kSuccess) << describe(*pw);
+  EXPECT_EQ(pw->wr_id, 22u);
+
+  HL_ASSERT_OK(post_send_enable(master, managed, after));
+  auto wc = poll_one(scq, h);
+  ASSERT_TRUE(wc) << "the patched WRITE never ran";
+  EXPECT_EQ(wc->status, WcStatus::kSuccess) << describe(*wc);
+  EXPECT_EQ(wc->wr_id, 1u);
+  EXPECT_TRUE(AllBytesAre(decoy.data(), 64, 0)) << "the WRITE went to the address it was posted with";
+  EXPECT_TRUE(AllBytesAre(real.data(), 8, 0));
+  EXPECT_TRUE(BytesEqual(real.data() + 8, src.data(), 40));
+  EXPECT_TRUE(AllBytesAre(real.data() + 48, 16, 0)) << "the WRITE kept its posted length";
+  EXPECT_TRUE(real.guards_intact());
 }
 
 TEST_P(CrossChannel, OnlyACrossChannelQpMayPostCrossChannelRequests) {

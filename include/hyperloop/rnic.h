@@ -53,6 +53,9 @@ struct DeviceCaps {
   bool completion_channel = false; // create_completion_channel, CompletionQueue::arm
   bool cq_ignore_overrun = false;  // CqAttr::ignore_overrun (not in standard verbs)
   bool nop = false;                // WrOpcode::kNop (not a verbs opcode: kNotSupported there)
+  // QueuePair::write_patch_map: a posted RDMA WRITE's target and length can be
+  // rewritten in the send ring (by a peer's WRITE into it) before it runs.
+  bool patchable_send_wqes = false;
   // WorkCompletion::opcode is meaningful on error completions too. Verbs
   // defines ibv_wc::opcode only for successful ones: kUnknown there.
   bool error_cqe_opcode = false;
@@ -305,6 +308,30 @@ struct QpAttr {
   uint8_t ack_timeout = 14;
 };
 
+// Where the fields of one posted RDMA WRITE live in the device's own send
+// ring (HyperLoop's remote patching: a peer rewrites them before the WQE
+// runs, e.g. on a managed queue before its SEND_EN). Offsets are into
+// `ring`, which may be registered (kAccessLocalWrite | kAccessRemoteWrite)
+// so that peers can write there. Each device reads these fields when the
+// WQE executes.
+//   mlx5 format (software RNIC): big-endian, in the raddr and first data segment
+//   rxe (patched module): host order, wr.rdma.remote_addr, rkey, sge[0].length
+struct WritePatchMap {
+  std::span<std::byte> ring;
+  size_t remote_addr = 0;  // 8 bytes
+  size_t rkey = 0;         // 4 bytes
+  size_t length = 0;       // 4 bytes: the first SGE's length (the WRITE's, with one SGE)
+  bool big_endian = false;
+};
+// Writes v into the patch map's field at `off`, in its byte order (for a
+// local patch, or to build the bytes a peer WRITEs there).
+void put_patch_field(std::byte* dst, uint64_t v, size_t bytes, bool big_endian);
+
+// The mlx5-format map of the WRITE at WQEBB counter `index` of `ring`
+// (shared by the backends whose send ring is an mlx5 ring). Errors:
+// kInvalidArgument (no non-inline RDMA WRITE with an SGE there).
+Result<WritePatchMap> mlx5_write_patch_map(const mlx5::SendRingView& ring, uint32_t index);
+
 class QueuePair {
  public:
   virtual ~QueuePair() = default;
@@ -336,6 +363,16 @@ class QueuePair {
   virtual Result<mlx5::RecvRingView> raw_recv_ring() = 0;
   virtual uint32_t recv_producer() const = 0;
   virtual Status ring_recv_doorbell(uint32_t producer) = 0;
+
+  // Where caps.patchable_send_wqes: the patch map of the RDMA WRITE posted
+  // (post_send, one SGE, not inline) at send counter `index` (the
+  // send_producer() before that post_send). Valid until the WQE completes.
+  // Errors: kNotSupported (the device, or on rxe a QP created without
+  // cross-channel flags), kInvalidArgument (no such WRITE at `index`).
+  virtual Result<WritePatchMap> write_patch_map(uint32_t index) {
+    (void)index;
+    return not_supported("this device does not expose its send WQEs for patching");
+  }
 };
 
 class ProtectionDomain {

@@ -99,6 +99,7 @@ Result<std::unique_ptr<Nic>> Fabric::create_nic(NicOptions options) {
   c.cross_channel = true;
   c.managed_queues = true;
   c.raw_send_ring = true;
+  c.patchable_send_wqes = true;
   c.raw_recv_ring = true;
   c.raw_cq_ring = true;
   c.atomics = true;

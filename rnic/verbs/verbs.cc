@@ -739,6 +739,37 @@ class VerbsQp final : public rnic::QueuePair {
   Status ring_recv_doorbell(uint32_t) override {
     return not_supported("raw doorbells need the mlx5 backend (standard verbs ring them in post_recv)");
   }
+
+  // The patched rxe's send ring (struct rxe_queue_buf: 384-byte header, then
+  // slots of 2^log2_elem_size bytes; struct rxe_send_wqe in each, host order).
+  Result<rnic::WritePatchMap> write_patch_map(uint32_t index) override {
+    if (!cc_hdr) return not_supported("on rxe only a QP created with cross-channel flags exposes its send ring");
+    auto* base = reinterpret_cast<std::byte*>(cc_hdr) - 8;
+    uint32_t log2_elem = 0, mask = 0, opcode = 0, num_sge = 0, flags = 0;
+    std::memcpy(&log2_elem, base + 0, 4);
+    std::memcpy(&mask, base + 4, 4);
+    if (log2_elem < 8 || log2_elem > 16 || mask == 0 || (mask & (mask + 1)) != 0)
+      return internal_error("the rxe send ring's header is not what the module writes");
+    const size_t slot = kRingData + (size_t(index & mask) << log2_elem);
+    std::memcpy(&opcode, base + slot + kWqeOpcode, 4);
+    std::memcpy(&flags, base + slot + kWqeSendFlags, 4);
+    std::memcpy(&num_sge, base + slot + kWqeNumSge, 4);
+    if (opcode != IBV_WR_RDMA_WRITE || (flags & IBV_SEND_INLINE) || num_sge < 1)
+      return invalid_argument("no RDMA WRITE with a gather SGE at send counter " + std::to_string(index));
+    rnic::WritePatchMap m;
+    m.ring = std::span<std::byte>(base, kRingData + (size_t(mask) + 1) * (size_t(1) << log2_elem));
+    m.remote_addr = slot + kWqeRemoteAddr;
+    m.rkey = slot + kWqeRkey;
+    m.length = slot + kWqeSge0Length;
+    m.big_endian = false;
+    return m;
+  }
+  // Offsets in the rxe ABI (rdma/rdma_user_rxe.h of Linux 6.1; measured in
+  // ../shared/research/rxe-cross-channel.md): the ring's data after its
+  // header, and in struct rxe_send_wqe the fields a WRITE's patch touches.
+  static constexpr size_t kRingData = 384;
+  static constexpr size_t kWqeOpcode = 12, kWqeSendFlags = 16, kWqeRemoteAddr = 24, kWqeRkey = 32;
+  static constexpr size_t kWqeNumSge = 184 + 12, kWqeSge0Length = 208 + 8;
 };
 
 VerbsCq* own_cq(Ctx* d, rnic::CompletionQueue* c) {
@@ -1018,7 +1049,7 @@ Result<std::unique_ptr<rnic::Device>> open(std::string_view name, const Options&
   c->uverbs_path = std::string("/dev/infiniband/") + c->ctx->device->dev_name;
   if (da.vendor_id == rxe_cc::kVendorId && rxe_cc::module_has_it()) {
     c->rxe_cc = true;
-    k.cross_channel = k.managed_queues = k.cq_ignore_overrun = true;
+    k.cross_channel = k.managed_queues = k.cq_ignore_overrun = k.patchable_send_wqes = true;
   }
 
   // Inline size: probe with a throwaway PD, CQ and QP.
