@@ -77,6 +77,7 @@ TEST_F(VerbsDevice, CapabilitiesAreWhatStandardVerbsCanDo) {
   EXPECT_FALSE(c.raw_recv_ring);
   EXPECT_FALSE(c.raw_cq_ring);
   EXPECT_EQ(c.cq_ignore_overrun, expect_cross_channel());
+  EXPECT_EQ(c.patchable_send_wqes, expect_cross_channel());
   EXPECT_FALSE(c.nop);
   EXPECT_FALSE(c.error_cqe_opcode);
   EXPECT_TRUE(c.completion_channel);
