@@ -33,6 +33,11 @@ class CrossChannel : public TwoNodeTest {
     at.send_cq = &send_cq;
     return at;
   }
+  QueuePair& managed_send_on(Node& n, CompletionQueue& cq) {
+    QpAttr at = attr_on(n, cq);
+    at.managed_send = true;
+    return qp_on(n, at);
+  }
   QueuePair& master_on(Node& n, CompletionQueue& cq) {
     QpAttr at = attr_on(n, cq);
     at.cross_channel = true;
@@ -122,9 +127,7 @@ TEST_P(CrossChannel, ManagedSendQueueRunsOnlyWhatSendEnableReleased) {
   CompletionQueue& mcq = a.new_cq(64);
   CompletionQueue& scq = a.new_cq(64);
   QueuePair& master = master_on(a, mcq);
-  QpAttr at = attr_on(a, scq);
-  at.managed_send = true;
-  QueuePair& managed = qp_on(a, at);
+  QueuePair& managed = managed_send_on(a, scq);
   Region src = a.alloc_pattern(64, kLocalWrite, 12);
   Region dst = b.alloc(64, kAll, 0);
   const uint32_t start = managed.send_producer();
@@ -249,9 +252,7 @@ TEST_P(CrossChannel, APeersPatchOfAPrePostedWriteIsWhatRuns) {
   CompletionQueue& mcq = a.new_cq(64);
   CompletionQueue& scq = a.new_cq(64);
   QueuePair& master = master_on(a, mcq);
-  QpAttr at = attr_on(a, scq);
-  at.managed_send = true;
-  QueuePair& managed = qp_on(a, at);
+  QueuePair& managed = managed_send_on(a, scq);
   Region src = a.alloc_pattern(64, kLocalWrite, 16);
   Region decoy = b.alloc(64, kAll, 0);
   Region real = b.alloc(64, kAll, 0);

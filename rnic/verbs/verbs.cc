@@ -655,6 +655,11 @@ class VerbsQp final : public rnic::QueuePair {
       w.wr.rdma.remote_addr = wr.remote_addr;
       w.wr.rdma.rkey = wr.rkey;
     }
+    return submit(w);
+  }
+
+  // Posts one prepared work request and counts it (send_producer).
+  Status submit(ibv_send_wr& w) {
     ibv_send_wr* bad = nullptr;
     if (int rc = ibv_post_send(qp, &w, &bad)) {
       rc = rc < 0 ? -rc : rc;
@@ -695,14 +700,7 @@ class VerbsQp final : public rnic::QueuePair {
     w.wr_id = wr.wr_id;
     if (wr.flags & rnic::kSendSignaled) w.send_flags |= IBV_SEND_SIGNALED;
     if (wr.flags & rnic::kSendFence) w.send_flags |= IBV_SEND_FENCE;
-    ibv_send_wr* bad = nullptr;
-    if (int rc = ibv_post_send(qp, &w, &bad)) {
-      rc = rc < 0 ? -rc : rc;
-      if (rc == ENOMEM) return resource_exhausted("send queue full");
-      return from_errno(rc, "ibv_post_send");
-    }
-    ++posted;
-    return Status::ok();
+    return submit(w);
   }
 
   Status post_recv(const rnic::RecvWr& wr) override {
