@@ -7,7 +7,8 @@
 # driver-patches/linux-6.1-rxe-cross-channel (tests/vm/suites.sh's second
 # boot): its marker is checked, verbs_test expects cross-channel, and
 # conformance_test (its CrossChannel suite now on rxe0's cross-channel, not
-# its refusal) must pass on soft and rxe0 with the same count.
+# its refusal) must pass on soft and rxe0 with the same count, and the
+# device suites (primitives in kCpuForward, txn, daemons) as on the stock one.
 set -uo pipefail
 BUILD="$1"
 ASAN="${2:-}"
@@ -60,14 +61,14 @@ if [[ -n "$ASAN" ]]; then
   gtest "conformance_test (ASan) on rxe0" conf-asan env HYPERLOOP_CONFORMANCE_DEVICES=rxe0 "$ASAN/tests/conformance_test"
 fi
 
+step "device suites on rxe0: primitives, txn, daemons"
+export HYPERLOOP_DAEMON_TEST_WATCHDOG_S="${HYPERLOOP_DAEMON_TEST_WATCHDOG_S:-600}"
+bash "$repo/tests/device-suites.sh" rxe0 "$BUILD" || fail "device suites on rxe0"
+
 if [[ "$CC" == 1 ]]; then
   step "all suites passed on the patched rdma_rxe"
   exit 0
 fi
-
-step "device suites on rxe0: primitives, txn, daemons"
-export HYPERLOOP_DAEMON_TEST_WATCHDOG_S="${HYPERLOOP_DAEMON_TEST_WATCHDOG_S:-600}"
-bash "$repo/tests/device-suites.sh" rxe0 "$BUILD" || fail "device suites on rxe0"
 
 step "two namespaces: daemons in ns1 (rxe1) and ns2 (rxe2), the client in ns1"
 bash "$repo/tests/device-suites.sh" rxe1 --netns "$BUILD" || fail "two-namespace daemon test"

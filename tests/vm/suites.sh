@@ -12,7 +12,8 @@
 #   hyperloop-perf     all in one process on rxe0 (under TCG: not performance)
 #   patched rxe        a second boot with driver-patches/linux-6.1-rxe-cross-channel's
 #                      rdma_rxe (built by its build.sh): verbs_test expecting
-#                      cross-channel, conformance_test on soft and rxe0
+#                      cross-channel, conformance_test on soft and rxe0, the
+#                      device suites on rxe0 (nothing regresses)
 #
 #   sanitizers         with ASAN_BUILD: verbs_test and conformance_test of
 #                      that (ASan/UBSan) build on rxe0 as well
