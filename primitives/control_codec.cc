@@ -318,6 +318,7 @@ std::vector<std::byte> encode_member_info(const MemberInfo& m) {
   w.address(m.in_addr);
   w.address(m.out_addr);
   w.address(m.ctrl_addr_qp);
+  w.u8(uint8_t(m.entry_format));
   return out;
 }
 Result<MemberInfo> decode_member_info(std::span<const std::byte> payload) {
@@ -329,8 +330,12 @@ Result<MemberInfo> decode_member_info(std::span<const std::byte> payload) {
   m.ctrl_addr = r.u64();
   m.ctrl_lkey = r.u32();
   m.ctrl_rkey = r.u32();
-  if (!r.address(&m.in_addr) || !r.address(&m.out_addr) || !r.address(&m.ctrl_addr_qp) || !r.done())
-    return malformed("CREATE answer");
+  if (!r.address(&m.in_addr) || !r.address(&m.out_addr) || !r.address(&m.ctrl_addr_qp)) return malformed("CREATE answer");
+  const uint8_t format = r.u8();
+  if (!r.done()) return malformed("CREATE answer");
+  if (format != uint8_t(EntryFormat::kMlx5) && format != uint8_t(EntryFormat::kRxe))
+    return malformed("CREATE answer (entry format " + std::to_string(format) + ")");
+  m.entry_format = EntryFormat(format);
   return m;
 }
 

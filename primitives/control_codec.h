@@ -17,7 +17,11 @@
 //   AUTH      32 B client proof                          -> 32 B server proof, u64 heartbeat_ns
 //   CREATE    u32 pos, u32 n, u8 mode, u32 slots, u32 rearm_batch,
 //             u64 region_size, u64 staging_bytes, u64 op_timeout_ns
-//                                                        -> MemberInfo (encode_member_info)
+//                                                        -> MemberInfo (encode_member_info:
+//                                                           u64 region_addr, u32 lkey, u32 rkey,
+//                                                           u64 ctrl_addr, u32 lkey, u32 rkey,
+//                                                           3 QP addresses as in CONNECT,
+//                                                           u8 entry format: 1 mlx5, 2 rxe)
 //   CONNECT   3 x (u8 size, size bytes) QP addresses: prev, next, client_ctrl
 //                                                        -> (empty)
 //   START     (empty)                                    -> (empty)
@@ -53,7 +57,7 @@
 namespace hyperloop::prim::internal {
 
 inline constexpr uint32_t kControlMagic = 0x50434c48;  // "HLCP"
-inline constexpr uint16_t kControlVersion = 1;
+inline constexpr uint16_t kControlVersion = 2;  // 2: MemberInfo carries the entry format
 inline constexpr size_t kControlHeaderBytes = 12;
 inline constexpr uint32_t kMaxControlBody = 16 << 10;  // the largest (STATS) answers are a few KiB
 inline constexpr size_t kMaxErrorMessage = 1024;

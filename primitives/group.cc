@@ -244,7 +244,11 @@ Status Group::Impl::build() {
   HL_RETURN_IF_ERROR(data->init(0));
   HL_RETURN_IF_ERROR(data->connect(members[0].in_addr));
   HL_RETURN_IF_ERROR(data->ready_to_send());
-  HL_RETURN_IF_ERROR(ack->init(0));
+  // A kRxe tail forwards nothing as a zero-length RDMA WRITE (rxe has no
+  // NOP), which the ack QP must accept. It needs no rkey (IBA C9-88) and no
+  // client MR allows remote writes, so nothing can land here that way.
+  const bool zero_length_writes = members[n - 1].entry_format == EntryFormat::kRxe;
+  HL_RETURN_IF_ERROR(ack->init(zero_length_writes ? rnic::kAccessRemoteWrite : 0));
   HL_RETURN_IF_ERROR(ack->connect(members[n - 1].out_addr));
   HL_RETURN_IF_ERROR(ack->ready_to_send());
   for (uint32_t i = 0; i < n; ++i) {
@@ -400,7 +404,7 @@ Status Group::Impl::issue(Op& op, Kind kind, std::span<const std::byte> payload,
   std::byte* m = msg + slot * msg_stride;
   for (uint32_t i = 0; i < n; ++i) {
     std::byte* e = m + size_t(i) * kEntryBytes;
-    entry_clear(e);
+    entry_clear(members[i].entry_format, e);
     fill(e, i);
   }
   std::memset(m + size_t(n) * kEntryBytes, 0, 8 * n);
@@ -523,7 +527,7 @@ Status Group::write(Op& op, uint64_t offset, std::span<const std::byte> bytes) {
     const uint32_t len = uint32_t(bytes.size());
     return g.issue(op, Impl::Kind::kWrite, bytes, offset, [&](std::byte* e, uint32_t i) {
       if (i + 1 < g.n)
-        entry_forward_write(e, g.members[i].region_addr + offset, g.members[i].region_lkey,
+        entry_forward_write(g.members[i].entry_format, e, g.members[i].region_addr + offset, g.members[i].region_lkey,
                             g.members[i + 1].region_addr + offset, g.members[i + 1].region_rkey, len);
     });
   }());
@@ -537,9 +541,12 @@ Status Group::cas(Op& op, uint64_t offset, uint64_t compare, uint64_t swap, uint
       return invalid_argument("gCAS: execute_mask must name replicas 0.." + std::to_string(impl_->n - 1));
     std::lock_guard<std::mutex> l(impl_->mu);
     auto& g = *impl_;
+    // issue() fills the entries of slot next_seq.
     HL_RETURN_IF_ERROR(g.issue(op, Impl::Kind::kCas, {}, offset, [&](std::byte* e, uint32_t i) {
+      const auto& m = g.members[i];
       if (mask & (1u << i))
-        entry_local_cas(e, g.members[i].region_addr + offset, g.members[i].region_rkey, compare, swap);
+        entry_local_cas(m.entry_format, e, m.region_addr + offset, m.region_rkey, compare, swap,
+                        slot_result_addr(m.ctrl_addr, g.o.slots, g.n, i, g.next_seq), m.ctrl_lkey);
     }));
     op.ranges_ = 1;
     op.lo_[0] = offset;
@@ -560,7 +567,8 @@ Status Group::memcpy(Op& op, uint64_t src, uint64_t dst, uint64_t len) {
         op, Impl::Kind::kMemcpy, {}, dst,
         [&](std::byte* e, uint32_t i) {
           const auto& m = g.members[i];
-          entry_local_write(e, m.region_addr + src, m.region_lkey, m.region_addr + dst, m.region_rkey, uint32_t(len));
+          entry_local_write(m.entry_format, e, m.region_addr + src, m.region_lkey, m.region_addr + dst, m.region_rkey,
+                            uint32_t(len));
         },
         len));
     op.ranges_ = 2;
@@ -581,7 +589,8 @@ Status Group::flush(Op& op, uint64_t offset, uint64_t len) {
     // A 1-byte READ served by each replica's NIC: the hardware-safe flush.
     return g.issue(op, Impl::Kind::kFlush, {}, 0, [&](std::byte* e, uint32_t i) {
       const auto& m = g.members[i];
-      entry_local_read(e, m.ctrl_addr + kScratchOffset, m.ctrl_lkey, m.region_addr + offset, m.region_rkey, 1);
+      entry_local_read(m.entry_format, e, m.ctrl_addr + kScratchOffset, m.ctrl_lkey, m.region_addr + offset,
+                       m.region_rkey, 1);
     });
   }());
 }

@@ -32,7 +32,17 @@ struct MemberInfo {
   rnic::QpAddress in_addr;    // receives from the predecessor (or client)
   rnic::QpAddress out_addr;   // sends to the successor (or client, for the tail)
   rnic::QpAddress ctrl_addr_qp;  // the client's direct line (credits, reads)
+  // How the client lays out this member's entries (chain_format.h): its
+  // device's send WQE format in offload mode, kMlx5 in CPU forwarding.
+  EntryFormat entry_format = EntryFormat::kMlx5;
 };
+
+// The address of replica `pos`'s result for the operation in slot `seq`:
+// in its forward buffer, kEntryBytes into the slot's message buffer, which
+// is `(seq mod slots)` strides past kSlotsOffset in its control area.
+inline uint64_t slot_result_addr(uint64_t ctrl_addr, uint32_t slots, uint32_t n, uint32_t pos, uint64_t seq) {
+  return ctrl_addr + kSlotsOffset + (seq & (slots - 1)) * slot_stride(n) + kEntryBytes + result_offset(n, pos);
+}
 
 struct Tenant;
 
@@ -55,6 +65,11 @@ struct Member {
   uint32_t quiet_turns = 0;    // offload: agent turns without a completion
   bool local_pending = false;  // CPU mode: message recv_seq-1 waits for its local op
   bool started = false;        // armed and serving; the agent skips it before
+  EntryFormat format = EntryFormat::kMlx5;  // MemberInfo::entry_format
+  // Offload: true where slots are re-armed in place in raw mlx5 rings
+  // (rearm_slot); false where every use of a slot is posted anew through
+  // post_send/post_recv (the patched rxe, whose ring the kernel consumes).
+  bool rearm_in_place = true;
   std::atomic<bool> broken{false};
   std::string why;  // what broke it first (for the member_broken log)
 

@@ -106,9 +106,14 @@ Result<MemberInfo> internal::create_member(ReplicaHost& host, uint32_t tenant_id
   if (t.member) return Status(StatusCode::kAlreadyExists, "tenant already has a group on this replica");
   const auto& caps = h->device->caps();
   const bool offload = o.mode == ForwardMode::kOffload;
-  if (offload && !(caps.cross_channel && caps.managed_queues && caps.raw_send_ring))
-    return not_supported("offload mode needs cross-channel, managed queues and raw send rings; " +
-                         caps.name + " has not all of them (use kCpuForward)");
+  // Offload needs WAIT/SEND_EN and managed queues, and send WQEs that a
+  // RECV's scatter can patch: raw mlx5 rings (re-armed in place) or the
+  // patched rxe's ring (each use of a slot posted anew).
+  const bool mlx5_rings = caps.raw_send_ring && caps.send_wqe_format == rnic::SendWqeFormat::kMlx5;
+  const bool rxe_ring = caps.patchable_send_wqes && caps.send_wqe_format == rnic::SendWqeFormat::kRxe;
+  if (offload && !(caps.cross_channel && caps.managed_queues && (mlx5_rings || rxe_ring)))
+    return not_supported("offload mode needs cross-channel, managed queues and patchable send WQEs; " + caps.name +
+                         " has not all of them (use kCpuForward)");
 
   auto m = std::make_unique<Member>();
   m->tenant = &t;
@@ -116,6 +121,8 @@ Result<MemberInfo> internal::create_member(ReplicaHost& host, uint32_t tenant_id
   m->n = n;
   m->opts = o;
   m->stride = slot_stride(n);
+  m->format = offload ? caps.send_wqe_format : EntryFormat::kMlx5;
+  m->rearm_in_place = !offload || mlx5_rings;
   m->ctrl_mem_storage.assign(kSlotsOffset + m->stride * o.slots + 64, std::byte{0});
   m->ctrl_mem = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(m->ctrl_mem_storage.data()) + 63) & ~uintptr_t{63});
   HL_ASSIGN_OR_RETURN(m->ctrl_mr, t.pd->register_memory(m->ctrl_mem, kSlotsOffset + m->stride * o.slots,
@@ -155,16 +162,20 @@ Result<MemberInfo> internal::create_member(ReplicaHost& host, uint32_t tenant_id
   HL_ASSIGN_OR_RETURN(m->ctrl_qp, t.pd->create_qp(a));
   if (offload) {
     a.cross_channel = true;
-    a.send_wqebbs = S * kMasterPerSlot;
+    // Reposted slots (rxe) need the master's WQEs of a slot retired before
+    // the slot is posted again; its last SEND_EN retires while out's SEND
+    // of the same slot is still on the wire, so twice the ring is ample.
+    a.send_wqebbs = S * kMasterPerSlot * (m->rearm_in_place ? 1 : 2);
     HL_ASSIGN_OR_RETURN(m->master, t.pd->create_qp(a));
-    HL_ASSIGN_OR_RETURN(m->loop_ring, m->loop->raw_send_ring());
-    HL_ASSIGN_OR_RETURN(m->out_ring, m->out->raw_send_ring());
-    HL_ASSIGN_OR_RETURN(m->master_ring, m->master->raw_send_ring());
-    // The RECV of each slot scatters the operation's parameters into these rings.
-    HL_ASSIGN_OR_RETURN(m->loop_ring_mr,
-                        t.pd->register_memory(m->loop_ring.base, m->loop_ring.bytes(), rnic::kAccessLocalWrite));
-    HL_ASSIGN_OR_RETURN(m->out_ring_mr,
-                        t.pd->register_memory(m->out_ring.base, m->out_ring.bytes(), rnic::kAccessLocalWrite));
+    if (m->rearm_in_place) {
+      HL_ASSIGN_OR_RETURN(m->loop_ring, m->loop->raw_send_ring());
+      HL_ASSIGN_OR_RETURN(m->out_ring, m->out->raw_send_ring());
+      HL_ASSIGN_OR_RETURN(m->master_ring, m->master->raw_send_ring());
+    }
+    // The RECV of each slot scatters the operation's parameters into the
+    // loop's and out's rings: registered whole, once. Their spans come from
+    // a placeholder's position (nothing is posted yet: ask after the first
+    // post, in arm_slot).
     // The master only issues local WAIT/SEND_EN; it is connected to itself.
     HL_RETURN_IF_ERROR(m->master->init(0));
     HL_RETURN_IF_ERROR(m->master->connect(m->master->address()));
@@ -182,6 +193,7 @@ Result<MemberInfo> internal::create_member(ReplicaHost& host, uint32_t tenant_id
   info.in_addr = m->in->address();
   info.out_addr = m->out->address();
   info.ctrl_addr_qp = m->ctrl_qp->address();
+  info.entry_format = m->format;
   t.member = std::move(m);
   return info;
 }
@@ -209,15 +221,30 @@ Status internal::connect_member(ReplicaHost& host, uint32_t tenant, const rnic::
 // ---- arming ----------------------------------------------------------------------------
 namespace {
 
-// Offload: posts slot `seq` from scratch through the structured API.
+// The WQE posted at `index` on `qp`, its ring registered as `mr` the first
+// time (kAccessLocalWrite: the slot RECVs scatter into it).
+Result<std::byte*> patchable_wqe(Member& m, rnic::QueuePair& qp, uint32_t index,
+                                 std::unique_ptr<rnic::MemoryRegion>& mr) {
+  HL_ASSIGN_OR_RETURN(const rnic::PostedSendWqe w, qp.posted_send_wqe(index));
+  if (!mr) {
+    HL_ASSIGN_OR_RETURN(mr, m.tenant->pd->register_memory(w.ring.data(), w.ring.size(), rnic::kAccessLocalWrite));
+  } else if (w.ring.data() != mr->addr()) {
+    return internal_error("a send ring moved");
+  }
+  return w.data();
+}
+
+// Offload: posts slot `seq` through the structured API: its first arming,
+// and every re-arming where the device's ring is not re-armed in place.
 Status arm_slot(Member& m, uint64_t seq) {
   const uint32_t n = m.n, i = m.pos;
   Tenant& t = *m.tenant;
   std::byte* buf = m.slot_buf(seq);
   std::byte* fwd_buf = buf + kEntryBytes;
   const uint64_t region = reinterpret_cast<uint64_t>(t.region);
-  // Local op placeholder: a signaled CAS (ds 4) whose 4th segment, never
-  // patched, points the old value at this replica's result in the forward buffer.
+  // Local op placeholder: a signaled CAS whose SGE points the old value at
+  // this replica's result in the forward buffer. In kMlx5 the patch leaves
+  // that SGE (the 4th segment) as it is; in kRxe the entry carries it.
   rnic::Sge result{m.addr_of(fwd_buf + result_offset(n, i)), 8, m.ctrl_mr->lkey()};
   SendWr cas;
   cas.opcode = WrOpcode::kAtomicCas;
@@ -225,13 +252,15 @@ Status arm_slot(Member& m, uint64_t seq) {
   cas.sg = {&result, 1};
   cas.remote_addr = region;
   cas.rkey = t.region_mr->rkey();
+  const uint32_t loop_at = m.loop->send_producer();
   HL_RETURN_IF_ERROR(m.loop->post_send(cas));
-  // Forward WRITE placeholder (ds 3) and the SEND of the forward buffer.
+  // Forward WRITE placeholder and the SEND of the forward buffer.
   rnic::Sge one{region, 1, t.region_mr->lkey()};
   SendWr fwd;
   fwd.opcode = WrOpcode::kRdmaWrite;
   fwd.sg = {&one, 1};
   fwd.remote_addr = 0;
+  const uint32_t out_at = m.out->send_producer();
   HL_RETURN_IF_ERROR(m.out->post_send(fwd));
   rnic::Sge fb{m.addr_of(fwd_buf), uint32_t(forward_bytes(n, i)), m.ctrl_mr->lkey()};
   SendWr send;
@@ -239,6 +268,8 @@ Status arm_slot(Member& m, uint64_t seq) {
   send.flags = rnic::kSendSignaled;
   send.sg = {&fb, 1};
   HL_RETURN_IF_ERROR(m.out->post_send(send));
+  if (loop_at != uint32_t(seq) || out_at != uint32_t(kOutPerSlot * seq))
+    return internal_error("slot " + std::to_string(seq) + " is not where its SEND_ENs expect it");
   // Master: WAIT for this slot's RECV, release the local op, WAIT for it,
   // release the forward WRITE and SEND.
   SendWr w;
@@ -256,16 +287,20 @@ Status arm_slot(Member& m, uint64_t seq) {
   en.enable_qp = m.out.get();
   en.index = uint32_t(kOutPerSlot * (seq + 1));
   HL_RETURN_IF_ERROR(m.master->post_send(en));
-  // The RECV whose scatter list is the patch (chain_format.h).
-  std::byte* lw = wqe_at(m.loop_ring, seq);
-  std::byte* fw = wqe_at(m.out_ring, kOutPerSlot * seq);
-  const uint32_t lk = m.loop_ring_mr->lkey(), ok = m.out_ring_mr->lkey();
-  rnic::Sge sg[6] = {
-      {m.addr_of(lw + kWqeOpcodeByte), 1, lk},   {m.addr_of(lw + kWqeDsByte), 1, lk},
-      {m.addr_of(lw + kWqeSegsOffset), kSegsBytes, lk}, {m.addr_of(fw + kWqeOpcodeByte), 1, ok},
-      {m.addr_of(fw + kWqeSegsOffset), kSegsBytes, ok}, {m.addr_of(fwd_buf), uint32_t(forward_bytes(n, i)), m.ctrl_mr->lkey()},
-  };
-  return m.in->post_recv({.wr_id = seq, .sg = {sg, 6}});
+  // The RECV whose scatter list is the patch (chain_format.h), then the
+  // forward buffer.
+  HL_ASSIGN_OR_RETURN(std::byte* const lw, patchable_wqe(m, *m.loop, loop_at, m.loop_ring_mr));
+  HL_ASSIGN_OR_RETURN(std::byte* const fw, patchable_wqe(m, *m.out, out_at, m.out_ring_mr));
+  const uint32_t lk = m.loop_ring_mr->lkey(), ok = m.out_ring_mr->lkey(), ck = m.ctrl_mr->lkey();
+  rnic::Sge sg[8];
+  size_t k = 0;
+  for (const PatchPiece& p : patch_pieces(m.format)) {
+    if (p.where == PatchPiece::kLocal) sg[k++] = {m.addr_of(lw + p.off), p.len, lk};
+    if (p.where == PatchPiece::kForward) sg[k++] = {m.addr_of(fw + p.off), p.len, ok};
+    if (p.where == PatchPiece::kPad) sg[k++] = {m.addr_of(buf + p.off), p.len, ck};
+  }
+  sg[k++] = {m.addr_of(fwd_buf), uint32_t(forward_bytes(n, i)), ck};
+  return m.in->post_recv({.wr_id = seq, .sg = {sg, k}});
 }
 
 // Offload: re-arms slot `seq` in place. Slot seq - slots left every WQE and
@@ -358,8 +393,14 @@ size_t ReplicaHost::Impl::serve_offload(Member& m) {
   if (free_slots >= m.opts.rearm_batch ||
       (free_slots > 0 && (ahead < m.opts.rearm_batch || m.quiet_turns >= 2))) {
     const uint64_t upto = m.armed_seq + free_slots;
-    for (uint64_t s = m.armed_seq; s < upto; ++s) rearm_slot(m, s);
-    if (Status st = ring_rearmed(m, upto); !st.is_ok()) {
+    Status st = Status::ok();
+    if (m.rearm_in_place) {
+      for (uint64_t s = m.armed_seq; s < upto; ++s) rearm_slot(m, s);
+      st = ring_rearmed(m, upto);
+    } else {
+      for (uint64_t s = m.armed_seq; s < upto && st.is_ok(); ++s) st = arm_slot(m, s);
+    }
+    if (!st.is_ok()) {
       m.fail("re-arming: " + st.to_string());
       return work;
     }

@@ -4,6 +4,7 @@
 
 #include <time.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -149,6 +150,24 @@ Result<WritePatchMap> mlx5_write_patch_map(const mlx5::SendRingView& ring, uint3
   m.length = size_t(ring.ds(index, 2) - ring.base) + offsetof(mlx5::DataSeg, byte_count);
   m.big_endian = true;
   return m;
+}
+
+Result<PostedSendWqe> mlx5_posted_send_wqe(const mlx5::SendRingView& ring, uint32_t producer, uint32_t index) {
+  if (!ring.base || ring.wqebb_count == 0) return invalid_argument("no send ring");
+  if (producer - index - 1 >= ring.wqebb_count)
+    return invalid_argument("send counter " + std::to_string(index) + " is not in the posted window (producer " +
+                            std::to_string(producer) + ")");
+  mlx5::CtrlSeg ctrl;
+  std::memcpy(&ctrl, ring.ds(index, 0), sizeof ctrl);
+  const uint32_t ds = mlx5::from_be32(ctrl.qpn_ds) & 0x3f;
+  PostedSendWqe w;
+  w.ring = std::span<std::byte>(ring.base, ring.bytes());
+  w.offset = size_t(ring.ds(index, 0) - ring.base);
+  constexpr size_t kBb = 64;  // a WQEBB
+  w.bytes = std::max<size_t>(1, (size_t(ds) * 16 + kBb - 1) / kBb) * kBb;
+  if (w.offset + w.bytes > w.ring.size())
+    return invalid_argument("the WQE at send counter " + std::to_string(index) + " wraps the ring's end");
+  return w;
 }
 
 Status connect_pair(QueuePair& a, QueuePair& b, uint32_t remote_access) {

@@ -668,7 +668,7 @@ TEST_F(ControlServerTest, MalformedFramesCloseOnlyTheirConnection) {
   b[0] = std::byte{'X'};  // magic
   bad.push_back(b);
   b = ping;
-  b[4] = std::byte{2};  // version
+  b[4] = std::byte{uint8_t(kControlVersion + 1)};  // version
   bad.push_back(b);
   b = ping;
   b[6] = std::byte{77};  // type

@@ -453,6 +453,7 @@ TEST_P(DaemonChainTest, AllPrimitivesOnThreeDaemonsTwoTenants) {
 
 INSTANTIATE_TEST_SUITE_P(Modes, DaemonChainTest, ::testing::ValuesIn(device_test::kSoftModes), where_name);
 INSTANTIATE_TEST_SUITE_P(OnDevice, DaemonChainTest, ::testing::ValuesIn(device_test::kOnDevice), where_name);
+INSTANTIATE_TEST_SUITE_P(OnDeviceOffload, DaemonChainTest, ::testing::ValuesIn(device_test::kOnDeviceOffload), where_name);
 
 // ---- 2. a daemon killed in the middle of a stream, restarted on the same files ------------------------
 class DaemonCrashTest : public DaemonFixture, public ::testing::WithParamInterface<ForwardMode> {
@@ -1567,6 +1568,7 @@ TEST_P(DaemonTxnTest, TxnCommitAfterAFailedRecoverIsRefused) {
 
 INSTANTIATE_TEST_SUITE_P(Modes, DaemonTxnTest, ::testing::ValuesIn(device_test::kSoftModes), where_name);
 INSTANTIATE_TEST_SUITE_P(OnDevice, DaemonTxnTest, ::testing::ValuesIn(device_test::kOnDevice), where_name);
+INSTANTIATE_TEST_SUITE_P(OnDeviceOffload, DaemonTxnTest, ::testing::ValuesIn(device_test::kOnDeviceOffload), where_name);
 
 // ---- 6. two daemons on two devices, in two network namespaces ------------------------------------------
 // Store::connect over two daemons, each on its own device and address (and,

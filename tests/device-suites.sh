@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tests/device-suites.sh DEVICE [--netns] [BUILD_DIR]
+# tests/device-suites.sh DEVICE [--netns | --offload] [BUILD_DIR]
 #
 # Runs the device-capable test subsets with HYPERLOOP_TEST_DEVICE=DEVICE
 # (tests/device_test_util.h): every cluster, client and daemon of those tests
@@ -19,6 +19,10 @@
 #                transfers (one and two threads), SIGKILL of a daemon and
 #                recover(), a client gone with unapplied commits, a failed
 #                recover()
+# With --offload, the same three in kOffload (OnDeviceOffload/*: the same
+# tests over a chain whose replica NICs forward by themselves), for a device
+# with cross-channel: soft, or rdma_rxe patched by
+# driver-patches/linux-6.1-rxe-cross-channel.
 # With --netns, only this one (the client on DEVICE):
 #   netns        BUILD/tests/daemon_test --gtest_filter='TwoNamespacesTest.*'
 #                run inside network namespace $HYPERLOOP_NETNS_CLIENT_NETNS
@@ -41,17 +45,19 @@
 set -uo pipefail
 
 usage() {
-  echo "usage: $0 DEVICE [--netns] [BUILD_DIR]" >&2
+  echo "usage: $0 DEVICE [--netns | --offload] [BUILD_DIR]" >&2
   exit 2
 }
 [[ $# -ge 1 ]] || usage
 DEVICE=$1
 shift
 NETNS=0
+SUITE=OnDevice
 BUILD_DIR=${BUILD:-build}
 for a in "$@"; do
   case $a in
     --netns) NETNS=1 ;;
+    --offload) SUITE=OnDeviceOffload ;;
     -*) usage ;;
     *) BUILD_DIR=$a ;;
   esac
@@ -97,9 +103,9 @@ run() {
 }
 
 if [[ $NETNS -eq 0 ]]; then
-  run primitives -- primitives_test 'OnDevice/*'
-  run txn -- txn_test 'OnDevice/*'
-  run daemons -- daemon_test 'OnDevice/*'
+  run primitives -- primitives_test "$SUITE/*"
+  run txn -- txn_test "$SUITE/*"
+  run daemons -- daemon_test "$SUITE/*"
 else
   export HYPERLOOP_NETNS_DAEMONS=${HYPERLOOP_NETNS_DAEMONS:-ns1/192.0.2.11/rxe1,ns2/192.0.2.12/rxe2}
   client_ns=${HYPERLOOP_NETNS_CLIENT_NETNS:-ns1}

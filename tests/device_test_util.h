@@ -85,15 +85,19 @@ inline Result<std::unique_ptr<rnic::Device>> open_device_under_test() {
 // Where a parametrized suite's chains run: the forwarding mode, and whether
 // on the device under test. Instantiations: Modes/... over kSoftModes (soft
 // NICs of a private fabric, manual or threaded as the test says), and
-// OnDevice/... over kOnDevice (kCpuForward: the one mode of a verbs device,
-// which has no cross-channel; real threads; the device under test when
-// HYPERLOOP_TEST_DEVICE is set, else soft NICs of a private fabric).
+// OnDevice/... over kOnDevice (kCpuForward: the one mode of a verbs device
+// without cross-channel; real threads; the device under test when
+// HYPERLOOP_TEST_DEVICE is set, else soft NICs of a private fabric), and
+// OnDeviceOffload/... over kOnDeviceOffload (the same tests in kOffload, for
+// devices with cross-channel: soft, the patched rdma_rxe;
+// tests/device-suites.sh --offload).
 struct Where {
   prim::ForwardMode mode = prim::ForwardMode::kOffload;
   bool on_device = false;
 };
 inline constexpr Where kSoftModes[] = {{prim::ForwardMode::kOffload, false}, {prim::ForwardMode::kCpuForward, false}};
 inline constexpr Where kOnDevice[] = {{prim::ForwardMode::kCpuForward, true}};
+inline constexpr Where kOnDeviceOffload[] = {{prim::ForwardMode::kOffload, true}};
 inline void PrintTo(const Where& w, std::ostream* os) {
   *os << prim::forward_mode_name(w.mode) << (w.on_device ? " on the device under test" : "");
 }

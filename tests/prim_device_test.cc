@@ -203,6 +203,8 @@ TEST_P(PrimOnDevice, ClientThreadsSharingOneGroupEachSeeTheirOwnResults) {
 
 INSTANTIATE_TEST_SUITE_P(OnDevice, PrimOnDevice, ::testing::ValuesIn(device_test::kOnDevice),
                          device_test::where_name<::testing::TestParamInfo<Where>>);
+INSTANTIATE_TEST_SUITE_P(OnDeviceOffload, PrimOnDevice, ::testing::ValuesIn(device_test::kOnDeviceOffload),
+                         device_test::where_name<::testing::TestParamInfo<Where>>);
 
 }  // namespace
 }  // namespace hyperloop::prim_test

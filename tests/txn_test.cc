@@ -982,6 +982,8 @@ INSTANTIATE_TEST_SUITE_P(Modes, TxnThreads, ::testing::ValuesIn(device_test::kSo
                          device_test::where_name<::testing::TestParamInfo<device_test::Where>>);
 INSTANTIATE_TEST_SUITE_P(OnDevice, TxnThreads, ::testing::ValuesIn(device_test::kOnDevice),
                          device_test::where_name<::testing::TestParamInfo<device_test::Where>>);
+INSTANTIATE_TEST_SUITE_P(OnDeviceOffload, TxnThreads, ::testing::ValuesIn(device_test::kOnDeviceOffload),
+                         device_test::where_name<::testing::TestParamInfo<device_test::Where>>);
 
 // A stripe held by a commit in flight (its forwarders frozen) is waited for
 // up to lock_timeout_ns, then the other transaction is kAborted; the first

@@ -40,6 +40,15 @@
 namespace hyperloop::rnic {
 
 // ---- capabilities -------------------------------------------------------------
+// The layout of a posted send WQE in the device's own ring, where
+// DeviceCaps::patchable_send_wqes: what a peer must write where to turn one
+// into another operation (primitives/chain_format.h builds on this).
+//   kMlx5: mlx5 WQEBBs, big-endian segments (hyperloop/mlx5/wqe.h): the
+//          software RNIC (and ConnectX through rnic/mlx5)
+//   kRxe:  struct rxe_send_wqe of the patched rdma_rxe, host order
+//          (hyperloop/internal/rxe_wqe.h)
+enum class SendWqeFormat : uint8_t { kNone = 0, kMlx5 = 1, kRxe = 2 };
+
 struct DeviceCaps {
   std::string name;
   std::string backend;             // "soft", "mlx5", "verbs"
@@ -56,6 +65,7 @@ struct DeviceCaps {
   // QueuePair::write_patch_map: a posted RDMA WRITE's target and length can be
   // rewritten in the send ring (by a peer's WRITE into it) before it runs.
   bool patchable_send_wqes = false;
+  SendWqeFormat send_wqe_format = SendWqeFormat::kNone;  // kNone unless patchable_send_wqes
   // WorkCompletion::opcode is meaningful on error completions too. Verbs
   // defines ibv_wc::opcode only for successful ones: kUnknown there.
   bool error_cqe_opcode = false;
@@ -308,6 +318,17 @@ struct QpAttr {
   uint8_t ack_timeout = 14;
 };
 
+// A posted send WQE in the device's own ring (QueuePair::posted_send_wqe):
+// its bytes are ring[offset, offset + bytes); the whole ring is given so that
+// it can be registered as one memory region (a RECV's scatter or a peer's
+// WRITE then lands in WQEs).
+struct PostedSendWqe {
+  std::span<std::byte> ring;
+  size_t offset = 0;
+  size_t bytes = 0;
+  std::byte* data() const { return ring.data() + offset; }
+};
+
 // Where the fields of one posted RDMA WRITE live in the device's own send
 // ring (HyperLoop's remote patching: a peer rewrites them before the WQE
 // runs, e.g. on a managed queue before its SEND_EN). Offsets are into
@@ -331,6 +352,10 @@ void put_patch_field(std::byte* dst, uint64_t v, size_t bytes, bool big_endian);
 // (shared by the backends whose send ring is an mlx5 ring). Errors:
 // kInvalidArgument (no non-inline RDMA WRITE with an SGE there).
 Result<WritePatchMap> mlx5_write_patch_map(const mlx5::SendRingView& ring, uint32_t index);
+// The mlx5-format PostedSendWqe at WQEBB counter `index` of `ring`, whose
+// producer is `producer` (its ds says how many WQEBBs it spans). Errors:
+// kInvalidArgument (not in the ring's posted window).
+Result<PostedSendWqe> mlx5_posted_send_wqe(const mlx5::SendRingView& ring, uint32_t producer, uint32_t index);
 
 class QueuePair {
  public:
@@ -370,6 +395,16 @@ class QueuePair {
   // Errors: kNotSupported (the device, or on rxe a QP created without
   // cross-channel flags), kInvalidArgument (no such WRITE at `index`).
   virtual Result<WritePatchMap> write_patch_map(uint32_t index) {
+    (void)index;
+    return not_supported("this device does not expose its send WQEs for patching");
+  }
+  // Where caps.patchable_send_wqes: the WQE posted (of any opcode) at send
+  // counter `index`, laid out as caps.send_wqe_format says. Valid while the
+  // QP lives; its contents are the device's until the WQE completes, and a
+  // later post at the same ring position overwrites it. Errors as
+  // write_patch_map's (kInvalidArgument: `index` is not posted and not yet
+  // reused, i.e. not in [send_producer() - ring size, send_producer())).
+  virtual Result<PostedSendWqe> posted_send_wqe(uint32_t index) {
     (void)index;
     return not_supported("this device does not expose its send WQEs for patching");
   }

@@ -100,6 +100,7 @@ Result<std::unique_ptr<Nic>> Fabric::create_nic(NicOptions options) {
   c.managed_queues = true;
   c.raw_send_ring = true;
   c.patchable_send_wqes = true;
+  c.send_wqe_format = rnic::SendWqeFormat::kMlx5;
   c.raw_recv_ring = true;
   c.raw_cq_ring = true;
   c.atomics = true;

@@ -308,6 +308,9 @@ struct SoftQp final : rnic::QueuePair {
   Status post_recv(const rnic::RecvWr& wr) override;
   Result<mlx5::SendRingView> raw_send_ring() override;
   Result<rnic::WritePatchMap> write_patch_map(uint32_t index) override { return rnic::mlx5_write_patch_map(sq, index); }
+  Result<rnic::PostedSendWqe> posted_send_wqe(uint32_t index) override {
+    return rnic::mlx5_posted_send_wqe(sq, sq_post, index);
+  }
   uint32_t send_producer() const override { return sq_post; }
   Status ring_send_doorbell(uint32_t producer) override;
   Result<mlx5::RecvRingView> raw_recv_ring() override;

@@ -21,7 +21,12 @@
 #include <thread>
 #include <unordered_set>
 
+#include <rdma/rdma_user_rxe.h>
+
+#include <cstddef>
+
 #include "hyperloop/clock.h"
+#include "hyperloop/internal/rxe_wqe.h"
 #include "hyperloop/log.h"
 
 namespace hyperloop::verbs {
@@ -738,37 +743,66 @@ class VerbsQp final : public rnic::QueuePair {
     return not_supported("raw doorbells need the mlx5 backend (standard verbs ring them in post_recv)");
   }
 
-  // The patched rxe's send ring (struct rxe_queue_buf: 384-byte header, then
-  // slots of 2^log2_elem_size bytes; struct rxe_send_wqe in each, host order).
-  Result<rnic::WritePatchMap> write_patch_map(uint32_t index) override {
+  // The patched rxe's send ring (struct rxe_queue_buf: a 384-byte header,
+  // then slots of 2^log2_elem_size bytes; a struct rxe_send_wqe in each, host
+  // order; hyperloop/internal/rxe_wqe.h).
+  Result<rnic::PostedSendWqe> posted_send_wqe(uint32_t index) override {
     if (!cc_hdr) return not_supported("on rxe only a QP created with cross-channel flags exposes its send ring");
     auto* base = reinterpret_cast<std::byte*>(cc_hdr) - 8;
-    uint32_t log2_elem = 0, mask = 0, opcode = 0, num_sge = 0, flags = 0;
+    uint32_t log2_elem = 0, mask = 0;
     std::memcpy(&log2_elem, base + 0, 4);
     std::memcpy(&mask, base + 4, 4);
     if (log2_elem < 8 || log2_elem > 16 || mask == 0 || (mask & (mask + 1)) != 0)
       return internal_error("the rxe send ring's header is not what the module writes");
-    const size_t slot = kRingData + (size_t(index & mask) << log2_elem);
-    std::memcpy(&opcode, base + slot + kWqeOpcode, 4);
-    std::memcpy(&flags, base + slot + kWqeSendFlags, 4);
-    std::memcpy(&num_sge, base + slot + kWqeNumSge, 4);
-    if (opcode != IBV_WR_RDMA_WRITE || (flags & IBV_SEND_INLINE) || num_sge < 1)
+    if (posted - index - 1 > mask)
+      return invalid_argument("send counter " + std::to_string(index) + " is not in the posted window (" +
+                              std::to_string(posted) + " posted)");
+    rnic::PostedSendWqe w;
+    w.ring = std::span<std::byte>(base, rxe_wqe::kRingData + (size_t(mask) + 1) * (size_t(1) << log2_elem));
+    w.offset = rxe_wqe::kRingData + (size_t(index & mask) << log2_elem);
+    w.bytes = size_t(1) << log2_elem;
+    return w;
+  }
+  Result<rnic::WritePatchMap> write_patch_map(uint32_t index) override {
+    HL_ASSIGN_OR_RETURN(const rnic::PostedSendWqe w, posted_send_wqe(index));
+    uint32_t opcode = 0, num_sge = 0, flags = 0;
+    std::memcpy(&opcode, w.data() + rxe_wqe::kOpcode, 4);
+    std::memcpy(&flags, w.data() + rxe_wqe::kSendFlags, 4);
+    std::memcpy(&num_sge, w.data() + rxe_wqe::kNumSge, 4);
+    if (opcode != rxe_wqe::kWrRdmaWrite || (flags & rxe_wqe::kSendInline) || num_sge < 1)
       return invalid_argument("no RDMA WRITE with a gather SGE at send counter " + std::to_string(index));
     rnic::WritePatchMap m;
-    m.ring = std::span<std::byte>(base, kRingData + (size_t(mask) + 1) * (size_t(1) << log2_elem));
-    m.remote_addr = slot + kWqeRemoteAddr;
-    m.rkey = slot + kWqeRkey;
-    m.length = slot + kWqeSge0Length;
+    m.ring = w.ring;
+    m.remote_addr = w.offset + rxe_wqe::kRemoteAddr;
+    m.rkey = w.offset + rxe_wqe::kRdmaRkey;
+    m.length = w.offset + rxe_wqe::kSge0Length;
     m.big_endian = false;
     return m;
   }
-  // Offsets in the rxe ABI (rdma/rdma_user_rxe.h of Linux 6.1; measured in
-  // ../shared/research/rxe-cross-channel.md): the ring's data after its
-  // header, and in struct rxe_send_wqe the fields a WRITE's patch touches.
-  static constexpr size_t kRingData = 384;
-  static constexpr size_t kWqeOpcode = 12, kWqeSendFlags = 16, kWqeRemoteAddr = 24, kWqeRkey = 32;
-  static constexpr size_t kWqeNumSge = 184 + 12, kWqeSge0Length = 208 + 8;
 };
+
+// hyperloop/internal/rxe_wqe.h against the kernel's own header.
+static_assert(rxe_wqe::kRingData == offsetof(rxe_queue_buf, data));
+static_assert(rxe_wqe::kOpcode == offsetof(rxe_send_wqe, wr.opcode));
+static_assert(rxe_wqe::kSendFlags == offsetof(rxe_send_wqe, wr.send_flags));
+static_assert(rxe_wqe::kImm == offsetof(rxe_send_wqe, wr.ex));
+static_assert(rxe_wqe::kRemoteAddr == offsetof(rxe_send_wqe, wr.wr.rdma.remote_addr));
+static_assert(rxe_wqe::kRemoteAddr == offsetof(rxe_send_wqe, wr.wr.atomic.remote_addr));
+static_assert(rxe_wqe::kRdmaRkey == offsetof(rxe_send_wqe, wr.wr.rdma.rkey));
+static_assert(rxe_wqe::kAtomicCompare == offsetof(rxe_send_wqe, wr.wr.atomic.compare_add));
+static_assert(rxe_wqe::kAtomicSwap == offsetof(rxe_send_wqe, wr.wr.atomic.swap));
+static_assert(rxe_wqe::kAtomicRkey == offsetof(rxe_send_wqe, wr.wr.atomic.rkey));
+static_assert(rxe_wqe::kNumSge == offsetof(rxe_send_wqe, dma.num_sge));
+// dma.sge[] follows dma.reserved at offset 24, 8-aligned, in the kernel's C
+// layout. (In C++ the header's __DECLARE_FLEX_ARRAY puts a 1-byte empty
+// struct first, so offsetof(rxe_dma_info, sge) is 32 here, not the ABI's.)
+static_assert(rxe_wqe::kSge0 == offsetof(rxe_send_wqe, dma) + offsetof(rxe_dma_info, reserved) + 4 &&
+              rxe_wqe::kSge0 % 8 == 0);
+static_assert(rxe_wqe::kSge0Length - rxe_wqe::kSge0 == offsetof(rxe_sge, length));
+static_assert(rxe_wqe::kSge0Lkey - rxe_wqe::kSge0 == offsetof(rxe_sge, lkey));
+static_assert(rxe_wqe::kWrRdmaWrite == IBV_WR_RDMA_WRITE && rxe_wqe::kWrRdmaRead == IBV_WR_RDMA_READ &&
+              rxe_wqe::kWrAtomicCmpSwp == IBV_WR_ATOMIC_CMP_AND_SWP);
+static_assert(rxe_wqe::kSendSignaled == IBV_SEND_SIGNALED && rxe_wqe::kSendInline == IBV_SEND_INLINE);
 
 VerbsCq* own_cq(Ctx* d, rnic::CompletionQueue* c) {
   auto* v = dynamic_cast<VerbsCq*>(c);
@@ -1048,6 +1082,7 @@ Result<std::unique_ptr<rnic::Device>> open(std::string_view name, const Options&
   if (da.vendor_id == rxe_cc::kVendorId && rxe_cc::module_has_it()) {
     c->rxe_cc = true;
     k.cross_channel = k.managed_queues = k.cq_ignore_overrun = k.patchable_send_wqes = true;
+    k.send_wqe_format = rnic::SendWqeFormat::kRxe;
   }
 
   // Inline size: probe with a throwaway PD, CQ and QP.

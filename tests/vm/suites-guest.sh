@@ -7,8 +7,10 @@
 # driver-patches/linux-6.1-rxe-cross-channel (tests/vm/suites.sh's second
 # boot): its marker is checked, verbs_test expects cross-channel, and
 # conformance_test (its CrossChannel suite now on rxe0's cross-channel, not
-# its refusal) must pass on soft and rxe0 with the same count, and the
-# device suites (primitives in kCpuForward, txn, daemons) as on the stock one.
+# its refusal) must pass on soft and rxe0 with the same count, the device
+# suites (primitives in kCpuForward, txn, daemons) as on the stock one, then
+# the same suites in kOffload (tests/device-suites.sh --offload) and
+# hyperloop-perf --mode offload.
 set -uo pipefail
 BUILD="$1"
 ASAN="${2:-}"
@@ -66,6 +68,12 @@ export HYPERLOOP_DAEMON_TEST_WATCHDOG_S="${HYPERLOOP_DAEMON_TEST_WATCHDOG_S:-600
 bash "$repo/tests/device-suites.sh" rxe0 "$BUILD" || fail "device suites on rxe0"
 
 if [[ "$CC" == 1 ]]; then
+  step "device suites on rxe0 in kOffload: the replicas' rxe forwards by itself"
+  bash "$repo/tests/device-suites.sh" rxe0 --offload "$BUILD" || fail "offload device suites on rxe0"
+  step "hyperloop-perf --mode offload on rxe0 (TCG emulation: the timings are not performance)"
+  "$BUILD/tools/hyperloop-perf" -d rxe0 --mode offload -r 3 -s 64 -n 200 >"$LOGS/perf-off.log" 2>&1 ||
+    { cat "$LOGS/perf-off.log" >&2; fail "hyperloop-perf -d rxe0 --mode offload"; }
+  cat "$LOGS/perf-off.log"
   step "all suites passed on the patched rdma_rxe"
   exit 0
 fi
