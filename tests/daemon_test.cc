@@ -47,6 +47,7 @@
 
 #include <array>
 #include <deque>
+#include <fstream>
 #include <set>
 #include <thread>
 
@@ -346,6 +347,7 @@ class DaemonFixture : public ::testing::Test {
       DaemonSpec spec;
       spec.device = device_;
       spec.address = address;
+      spec.extra_lines = daemon_extra_lines_;
       for (auto [id, bytes] : tenants)
         spec.tenants.push_back({id, bytes, dir_.file("r" + std::to_string(i) + "-t" + std::to_string(id) + ".pmem"), {}});
       Daemon& d = add_daemon(spec);
@@ -408,6 +410,7 @@ class DaemonFixture : public ::testing::Test {
   }
   Watchdog watchdog_{watchdog_limit()};
   std::string device_;  // see use_device_under_test
+  std::vector<std::string> daemon_extra_lines_;  // more config directives for start_daemons
   TempDir dir_;
   Client client_;
   OpPool ops_;
@@ -454,6 +457,142 @@ TEST_P(DaemonChainTest, AllPrimitivesOnThreeDaemonsTwoTenants) {
 INSTANTIATE_TEST_SUITE_P(Modes, DaemonChainTest, ::testing::ValuesIn(device_test::kSoftModes), where_name);
 INSTANTIATE_TEST_SUITE_P(OnDevice, DaemonChainTest, ::testing::ValuesIn(device_test::kOnDevice), where_name);
 INSTANTIATE_TEST_SUITE_P(OnDeviceOffload, DaemonChainTest, ::testing::ValuesIn(device_test::kOnDeviceOffload), where_name);
+
+// ---- 1b. every replica process stopped (SIGSTOP) while operations complete ------------------------
+// HyperLoop's claim with real processes: once a chain's slots are armed, the
+// replicas' NICs apply, forward and acknowledge operations with no replica
+// CPU. Each daemon is stopped with SIGSTOP (its agent, its control server,
+// every thread) and the client still completes one operation per armed slot,
+// of every kind; every replica's region, read by its NIC, equals the model;
+// the daemons were stopped throughout. After SIGCONT they re-arm and the
+// chain goes on past the slots armed before.
+//
+// Only where the NIC is not in the replica's process: a kernel or hardware
+// RNIC, here the patched rdma_rxe (tests/vm/suites.sh runs it through
+// tests/device-suites.sh rxe0 --offload). The software RNIC runs inside the
+// daemon, so stopping the daemon stops its NIC; the in-process counterpart
+// on soft is FrozenOffloadChain (prim_offload_test.cc). Elsewhere this suite
+// has no instance (it is not skipped: it does not exist there).
+std::vector<device_test::Where> nic_outside_the_replica_processes() {
+  const std::string d = device_test::test_device_name();
+  if (d.empty() || device_test::is_soft_name(d)) return {};
+  return {{ForwardMode::kOffload, true}};
+}
+
+// The state letter of /proc/PID/stat ('T': stopped), or '?'.
+char process_state(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(f, line)) return '?';
+  const size_t p = line.rfind(')');
+  return p != std::string::npos && p + 2 < line.size() ? line[p + 2] : '?';
+}
+
+class DaemonStoppedTest : public DaemonFixture, public ::testing::WithParamInterface<device_test::Where> {
+ protected:
+  void SetUp() override {
+    DaemonFixture::SetUp();
+    use_device_under_test(true);
+  }
+};
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(DaemonStoppedTest);
+
+TEST_P(DaemonStoppedTest, ArmedSlotsCarryOperationsOfEveryKindWithEveryReplicaProcessStopped) {
+  constexpr size_t kRegion = 64 * 1024;
+  // A stopped daemon reads no heartbeats; when it runs again its timers
+  // could fire before it reads the ones waiting in its socket.
+  daemon_extra_lines_ = {"client_timeout_ms 600000"};
+  ASSERT_NO_FATAL_FAILURE(start_daemons(3, {{1, kRegion}}));
+  DAEMON_ASSERT_OK(init_client("127.0.0.1"));
+  auto g = connect(1, kRegion, ForwardMode::kOffload);
+  ASSERT_TRUE(g.is_ok()) << describe(g.status()) << daemon_logs();
+  Group& grp = **g;
+  ASSERT_EQ(grp.mode(), ForwardMode::kOffload);
+  std::vector<std::byte> model(kRegion);
+  ASSERT_TRUE(grp.read(0, 0, model).is_ok());  // what the pmem files hold
+  const uint32_t slots = group_options(1, kRegion, ForwardMode::kOffload).slots;  // START armed them all
+
+  watchdog_.phase("SIGSTOP to every daemon");
+  for (auto& d : daemons_) d->process()->signal(SIGSTOP);
+  for (auto& d : daemons_) {
+    // SIGSTOP takes effect when the kernel next schedules the process: look until it has.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (process_state(d->process()->pid()) != 'T' && std::chrono::steady_clock::now() < until)
+      std::this_thread::yield();
+    ASSERT_EQ(process_state(d->process()->pid()), 'T') << d->name() << " did not stop";
+  }
+
+  watchdog_.phase("one operation per armed slot, every replica process stopped");
+  std::deque<Op> ops(slots);
+  std::vector<uint64_t> cas_expect(slots);
+  auto word = [&](size_t off) {
+    uint64_t v;
+    std::memcpy(&v, model.data() + off, 8);
+    return v;
+  };
+  for (uint32_t k = 0; k < slots; ++k) {
+    const size_t j = k / 4;
+    Status st;
+    switch (k % 4) {
+      case 0: {  // gWRITE of 64 bytes
+        const auto bytes = pattern(64, 100 + k);
+        st = grp.write(ops[k], j * 64, bytes);
+        std::memcpy(model.data() + j * 64, bytes.data(), 64);
+        break;
+      }
+      case 1: {  // gCAS that matches
+        const size_t off = 4096 + 8 * j;
+        cas_expect[k] = word(off);
+        const uint64_t swap = 0xc0de0000ull + k;
+        st = grp.cas(ops[k], off, cas_expect[k], swap, 0x7);
+        std::memcpy(model.data() + off, &swap, 8);
+        break;
+      }
+      case 2:  // gMEMCPY of what the gWRITE above wrote
+        st = grp.memcpy(ops[k], j * 64, 8192 + j * 64, 64);
+        std::memcpy(model.data() + 8192 + j * 64, model.data() + j * 64, 64);
+        break;
+      default:  // gFLUSH
+        st = grp.flush(ops[k], 0, 16384);
+        break;
+    }
+    ASSERT_TRUE(st.is_ok()) << "issuing operation " << k << ": " << describe(st);
+  }
+  for (uint32_t k = 0; k < slots; ++k) {
+    ASSERT_TRUE(grp.wait(ops[k]).is_ok()) << "operation " << k << ": " << describe(ops[k].status()) << daemon_logs();
+    if (k % 4 == 1) {
+      ASSERT_EQ(ops[k].old_values().size(), 3u);
+      for (uint32_t i = 0; i < 3; ++i) EXPECT_EQ(ops[k].old_values()[i], cas_expect[k]) << "gCAS " << k << ", replica " << i;
+    }
+  }
+  for (uint32_t i = 0; i < 3; ++i) {
+    std::vector<std::byte> got(kRegion);
+    ASSERT_TRUE(grp.read(i, 0, got).is_ok()) << "reading replica " << i;
+    EXPECT_TRUE(got == model) << "replica " << i << "'s region differs from the model";
+  }
+  for (auto& d : daemons_)
+    EXPECT_EQ(process_state(d->process()->pid()), 'T') << d->name() << " ran while its NIC served the chain";
+
+  watchdog_.phase("SIGCONT: the daemons re-arm and the chain goes on");
+  for (auto& d : daemons_) d->process()->signal(SIGCONT);
+  for (uint32_t k = 0; k < 3 * slots; ++k) {
+    const size_t off = 16384 + (k % 256) * 64;
+    const auto bytes = pattern(64, 5000 + k);
+    Op op;
+    ASSERT_TRUE(grp.write(op, off, bytes).is_ok() && grp.wait(op).is_ok())
+        << "gWRITE " << k << " after SIGCONT: " << describe(op.status()) << daemon_logs();
+    std::memcpy(model.data() + off, bytes.data(), 64);
+  }
+  for (uint32_t i = 0; i < 3; ++i) {
+    std::vector<std::byte> got(kRegion);
+    ASSERT_TRUE(grp.read(i, 0, got).is_ok());
+    EXPECT_TRUE(got == model) << "replica " << i << " after SIGCONT";
+  }
+  EXPECT_FALSE(grp.broken());
+}
+
+INSTANTIATE_TEST_SUITE_P(OnDeviceOffload, DaemonStoppedTest, ::testing::ValuesIn(nic_outside_the_replica_processes()),
+                         where_name);
 
 // ---- 2. a daemon killed in the middle of a stream, restarted on the same files ------------------------
 class DaemonCrashTest : public DaemonFixture, public ::testing::WithParamInterface<ForwardMode> {
