@@ -13,11 +13,18 @@
 // with a bound; nothing sleeps to synchronize.
 #include <dirent.h>
 #include <gtest/gtest.h>
+#if __has_include(<infiniband/verbs.h>)  // rdma-core: built with rnic/verbs
+#define HYPERLOOP_HAVE_VERBS_HEADERS 1
+#include <infiniband/verbs.h>
+#include <netinet/in.h>  // before the kernel header below, which includes linux/in.h
+#include <rdma/rdma_user_rxe.h>
+#endif
 
 #include <cstring>
 #include <random>
 #include <thread>
 
+#include "chain_format.h"
 #include "control_codec.h"
 #include "daemon_test_util.h"
 #include "hyperloop/log.h"
@@ -272,6 +279,92 @@ TEST(ControlCodec, HeaderRefusalsNameTheReason) {
   bad[11] = std::byte{1};  // body_len 16 MiB
   EXPECT_NE(decode_header(bad).status().message().find("limit"), std::string::npos);
 }
+
+TEST(ControlCodec, MemberInfoCarriesItsEntryFormatAndRefusesUnknownOnes) {
+  MemberInfo info;
+  info.entry_format = prim::internal::EntryFormat::kRxe;
+  auto bytes = encode_member_info(info);
+  auto back = decode_member_info(bytes);
+  ASSERT_TRUE(back.is_ok()) << back.status().to_string();
+  EXPECT_EQ(back->entry_format, prim::internal::EntryFormat::kRxe);
+  for (uint8_t bad : {0, 3, 255}) {  // kNone, and values no version defines
+    bytes.back() = std::byte{bad};
+    auto r = decode_member_info(bytes);
+    ASSERT_FALSE(r.is_ok()) << "entry format " << int(bad) << " accepted";
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find("entry format"), std::string::npos) << r.status().message();
+  }
+  bytes.pop_back();  // a version-1 answer: no format byte
+  EXPECT_FALSE(decode_member_info(bytes).is_ok());
+}
+
+#ifdef HYPERLOOP_HAVE_VERBS_HEADERS
+// The kRxe entry, scattered as a slot RECV scatters it (its pieces), puts
+// each field where rdma_rxe reads it: checked through the kernel's own
+// struct rxe_send_wqe (<rdma/rdma_user_rxe.h>), not through our offsets
+// (except sge[0]: C++ lays the header's flexible array out differently).
+TEST(ChainFormat, RxeEntriesLandOnTheFieldsOfStructRxeSendWqe) {
+  using namespace prim::internal;
+  alignas(8) std::byte local[512] = {}, fwd[512] = {};
+  auto scatter = [&](const std::byte* e) {
+    size_t at = 0;
+    for (const PatchPiece& p : patch_pieces(EntryFormat::kRxe)) {
+      ASSERT_NE(p.where, PatchPiece::kPad);
+      std::memcpy((p.where == PatchPiece::kLocal ? local : fwd) + p.off, e + at, p.len);
+      at += p.len;
+    }
+    EXPECT_EQ(at, kEntryBytes);
+  };
+  auto sge0 = [](const std::byte* w, uint64_t* addr, uint32_t* len, uint32_t* lkey) {
+    std::memcpy(addr, w + rxe_wqe::kSge0, 8);
+    std::memcpy(len, w + rxe_wqe::kSge0Length, 4);
+    std::memcpy(lkey, w + rxe_wqe::kSge0Lkey, 4);
+  };
+  std::byte e[kEntryBytes];
+  uint64_t addr;
+  uint32_t len, lkey;
+  entry_clear(EntryFormat::kRxe, e);
+  entry_local_cas(EntryFormat::kRxe, e, 0x1122334455667788ull, 0xabcd, 7, 9, 0x5000, 0x77);
+  entry_forward_write(EntryFormat::kRxe, e, 0x6000, 0x11, 0x7000, 0x22, 64);
+  scatter(e);
+  const auto* lw = reinterpret_cast<const rxe_send_wqe*>(local);
+  EXPECT_EQ(lw->wr.opcode, uint32_t(IBV_WR_ATOMIC_CMP_AND_SWP));
+  EXPECT_EQ(lw->wr.send_flags, uint32_t(IBV_SEND_SIGNALED));
+  EXPECT_EQ(lw->wr.wr.atomic.remote_addr, 0x1122334455667788ull);
+  EXPECT_EQ(lw->wr.wr.atomic.compare_add, 7u);
+  EXPECT_EQ(lw->wr.wr.atomic.swap, 9u);
+  EXPECT_EQ(lw->wr.wr.atomic.rkey, 0xabcdu);
+  sge0(local, &addr, &len, &lkey);
+  EXPECT_EQ(addr, 0x5000u);
+  EXPECT_EQ(len, 8u);
+  EXPECT_EQ(lkey, 0x77u);
+  const auto* fw = reinterpret_cast<const rxe_send_wqe*>(fwd);
+  EXPECT_EQ(fw->wr.wr.rdma.remote_addr, 0x7000u);
+  EXPECT_EQ(fw->wr.wr.rdma.rkey, 0x22u);
+  sge0(fwd, &addr, &len, &lkey);
+  EXPECT_EQ(addr, 0x6000u);
+  EXPECT_EQ(len, 64u);
+  EXPECT_EQ(lkey, 0x11u);
+  // A flush is a 1-byte READ; a cleared entry is a zero-length WRITE (rxe's NOP) and forwards nothing.
+  entry_clear(EntryFormat::kRxe, e);
+  entry_local_read(EntryFormat::kRxe, e, 0x8000, 0x33, 0x9000, 0x44, 1);
+  scatter(e);
+  EXPECT_EQ(lw->wr.opcode, uint32_t(IBV_WR_RDMA_READ));
+  EXPECT_EQ(lw->wr.wr.rdma.remote_addr, 0x9000u);
+  EXPECT_EQ(lw->wr.wr.rdma.rkey, 0x44u);
+  sge0(local, &addr, &len, &lkey);
+  EXPECT_EQ(len, 1u);
+  sge0(fwd, &addr, &len, &lkey);
+  EXPECT_EQ(len, 0u);
+  entry_clear(EntryFormat::kRxe, e);
+  scatter(e);
+  EXPECT_EQ(lw->wr.opcode, uint32_t(IBV_WR_RDMA_WRITE));
+  EXPECT_EQ(lw->wr.send_flags, uint32_t(IBV_SEND_SIGNALED));
+  sge0(local, &addr, &len, &lkey);
+  EXPECT_EQ(len, 0u);
+}
+
+#endif  // HYPERLOOP_HAVE_VERBS_HEADERS
 
 TEST(ControlCodec, CreateValuesAreChecked) {
   CreateRequest good;
