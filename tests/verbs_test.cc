@@ -276,9 +276,11 @@ TEST_F(VerbsDevice, AReceiveQueueRefilledAsItDrainsNeverFills) {
   }
 }
 
-// The group primitives in kCpuForward over the device: client and 3
-// replicas, each its own context; every replica holds what was written.
-TEST_F(VerbsDevice, AChainOfThreeForwardsByCpuAndOffloadIsNotSupported) {
+// The group primitives over the device: client and 3 replicas, each its own
+// context; every replica holds what was written. In kCpuForward always; in
+// kOffload where the device has cross-channel (the patched rxe), else that
+// is kNotSupported.
+TEST_F(VerbsDevice, AChainOfThreeForwardsByCpuAndByTheNicOnlyWithCrossChannel) {
   std::vector<std::unique_ptr<rn::Device>> devs;
   std::vector<std::unique_ptr<prim::ReplicaHost>> hosts;
   std::vector<prim::ReplicaHost*> ptrs;
@@ -295,42 +297,51 @@ TEST_F(VerbsDevice, AChainOfThreeForwardsByCpuAndOffloadIsNotSupported) {
   o.region_size = kRegion;
   o.slots = 64;
   o.rearm_batch = 8;
-  o.mode = prim::ForwardMode::kOffload;
-  auto off = prim::Group::create(*dev_, ptrs, o);
-  ASSERT_FALSE(off.is_ok());
-  EXPECT_EQ(off.status().code(), StatusCode::kNotSupported) << off.status().to_string();
-  o.mode = prim::ForwardMode::kCpuForward;
   o.op_timeout_ns = 20'000'000'000;  // TCG emulation is slow; a real device answers in microseconds
-  auto g = soft_test::must(prim::Group::create(*dev_, ptrs, o), "Group::create");
-  std::vector<std::byte> model(kRegion);
-  std::vector<prim::Op> ops(200);
-  for (size_t i = 0; i < ops.size(); ++i) {
-    auto bytes = soft_test::pattern(100 + i % 200, uint32_t(i));
-    const uint64_t off = (i * 997) % (kRegion - 512);
-    HL_ASSERT_OK(g->write(ops[i], off, bytes));
-    std::memcpy(model.data() + off, bytes.data(), bytes.size());
-    HL_ASSERT_OK(g->wait(ops[i]));
-    HL_ASSERT_OK(ops[i].status());
+  std::vector<prim::ForwardMode> modes = {prim::ForwardMode::kCpuForward};
+  if (expect_cross_channel()) {
+    modes.push_back(prim::ForwardMode::kOffload);
+  } else {
+    o.mode = prim::ForwardMode::kOffload;
+    auto off = prim::Group::create(*dev_, ptrs, o);
+    ASSERT_FALSE(off.is_ok());
+    EXPECT_EQ(off.status().code(), StatusCode::kNotSupported) << off.status().to_string();
   }
-  prim::Op cas, cp, fl;
-  uint64_t word;
-  std::memcpy(&word, model.data() + 4096, 8);
-  HL_ASSERT_OK(g->cas(cas, 4096, word, 0x1122334455667788ull, 0x7));
-  HL_ASSERT_OK(g->wait(cas));
-  HL_ASSERT_OK(cas.status());
-  const uint64_t swapped = 0x1122334455667788ull;
-  std::memcpy(model.data() + 4096, &swapped, 8);
-  HL_ASSERT_OK(g->memcpy(cp, 0, 32768, 1024));
-  std::memcpy(model.data() + 32768, model.data(), 1024);
-  HL_ASSERT_OK(g->wait(cp));
-  HL_ASSERT_OK(cp.status());
-  HL_ASSERT_OK(g->flush(fl, 0, kRegion));
-  HL_ASSERT_OK(g->wait(fl));
-  HL_ASSERT_OK(fl.status());
-  std::vector<std::byte> got(kRegion);
-  for (uint32_t r = 0; r < 3; ++r) {
-    HL_ASSERT_OK(g->read(r, 0, got));
-    EXPECT_TRUE(soft_test::BytesEqual(got.data(), model.data(), kRegion)) << "replica " << r;
+  for (const prim::ForwardMode mode : modes) {
+    SCOPED_TRACE(std::string(prim::forward_mode_name(mode)));
+    o.mode = mode;
+    auto g = soft_test::must(prim::Group::create(*dev_, ptrs, o), "Group::create");
+    std::vector<std::byte> model(kRegion);
+    HL_ASSERT_OK(g->read(0, 0, model));  // the region as the mode before left it
+    std::vector<prim::Op> ops(200);
+    for (size_t i = 0; i < ops.size(); ++i) {
+      auto bytes = soft_test::pattern(100 + i % 200, uint32_t(i));
+      const uint64_t off = (i * 997) % (kRegion - 512);
+      HL_ASSERT_OK(g->write(ops[i], off, bytes));
+      std::memcpy(model.data() + off, bytes.data(), bytes.size());
+      HL_ASSERT_OK(g->wait(ops[i]));
+      HL_ASSERT_OK(ops[i].status());
+    }
+    prim::Op cas, cp, fl;
+    uint64_t word;
+    std::memcpy(&word, model.data() + 4096, 8);
+    HL_ASSERT_OK(g->cas(cas, 4096, word, 0x1122334455667788ull, 0x7));
+    HL_ASSERT_OK(g->wait(cas));
+    HL_ASSERT_OK(cas.status());
+    const uint64_t swapped = 0x1122334455667788ull;
+    std::memcpy(model.data() + 4096, &swapped, 8);
+    HL_ASSERT_OK(g->memcpy(cp, 0, 32768, 1024));
+    std::memcpy(model.data() + 32768, model.data(), 1024);
+    HL_ASSERT_OK(g->wait(cp));
+    HL_ASSERT_OK(cp.status());
+    HL_ASSERT_OK(g->flush(fl, 0, kRegion));
+    HL_ASSERT_OK(g->wait(fl));
+    HL_ASSERT_OK(fl.status());
+    std::vector<std::byte> got(kRegion);
+    for (uint32_t r = 0; r < 3; ++r) {
+      HL_ASSERT_OK(g->read(r, 0, got));
+      EXPECT_TRUE(soft_test::BytesEqual(got.data(), model.data(), kRegion)) << "replica " << r;
+    }
   }
 }
 
