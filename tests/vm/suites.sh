@@ -13,7 +13,10 @@
 #   patched rxe        a second boot with driver-patches/linux-6.1-rxe-cross-channel's
 #                      rdma_rxe (built by its build.sh): verbs_test expecting
 #                      cross-channel, conformance_test on soft and rxe0, the
-#                      device suites on rxe0 (nothing regresses)
+#                      device suites on rxe0 (nothing regresses), then the
+#                      same suites in kOffload (tests/device-suites.sh
+#                      --offload, with the SIGSTOPped-daemons proof) and
+#                      hyperloop-perf --mode offload
 #
 #   sanitizers         with ASAN_BUILD: verbs_test and conformance_test of
 #                      that (ASan/UBSan) build on rxe0 as well
