@@ -21,6 +21,8 @@ PACKAGES=(
   libbenchmark-dev   # Google Benchmark
   iproute2           # ip netns / veth for the network-namespace tests
   libssl-dev         # OpenSSL libcrypto: HMAC-SHA256 tenant authentication, CSPRNG
+  libzookeeper-mt-dev  # ZooKeeper's C client: tenants' configuration records (coord/)
+  zookeeper          # the ZooKeeper server (and a JRE) that coord_test starts on loopback
   # The Soft-RoCE VM (tests/vm/README.md); its kernel is fetched by tests/vm/prepare.sh
   qemu-system-x86    # qemu-system-x86_64 (TCG) boots Debian's stock kernel with rdma_rxe
   busybox-static     # the VM's initramfs

@@ -1,0 +1,169 @@
+// coord/: the configuration store on ZooKeeper (Debian's libzookeeper-mt,
+// the C client's synchronous calls). One persistent znode per tenant,
+// <root>/tenants/<id>; its data is encode_config's text and its
+// stat.version the compare-and-set token (zoo_set2 with that version:
+// ZBADVERSION when another writer won).
+#include <zookeeper/zookeeper.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <condition_variable>
+#include <mutex>
+#include <vector>
+
+#include "hyperloop/coord.h"
+
+namespace hyperloop::coord {
+namespace {
+
+std::string zerr(int rc) { return std::string(zerror(rc)) + " (" + std::to_string(rc) + ")"; }
+
+// A call's failure as a Status. ZCONNECTIONLOSS and ZOPERATIONTIMEOUT leave
+// a write's outcome unknown: the caller must read before it decides.
+Status from_zk(int rc, const std::string& what) {
+  switch (rc) {
+    case ZNONODE: return not_found(what + ": no such record");
+    case ZNODEEXISTS: return Status(StatusCode::kAlreadyExists, what + ": the record exists");
+    case ZBADVERSION: return Status(StatusCode::kAborted, what + ": the record changed since it was read");
+    case ZCONNECTIONLOSS:
+    case ZOPERATIONTIMEOUT:
+      return unavailable(what + ": " + zerr(rc) + "; the outcome of a write is unknown, read again");
+    case ZSESSIONEXPIRED:
+    case ZINVALIDSTATE:
+    case ZCLOSING:
+      return unavailable(what + ": the ZooKeeper session is gone: " + zerr(rc));
+    case ZNOAUTH: return permission_denied(what + ": " + zerr(rc));
+    default: return unavailable(what + ": " + zerr(rc));
+  }
+}
+
+class ZooKeeperStore final : public ConfigStore {
+ public:
+  explicit ZooKeeperStore(ZooKeeperOptions o) : o_(std::move(o)) {}
+  ~ZooKeeperStore() override {
+    std::lock_guard<std::mutex> l(call_mu_);
+    close_handle();
+  }
+
+  Status start() {
+    std::lock_guard<std::mutex> l(call_mu_);
+    HL_RETURN_IF_ERROR(connect_locked());
+    for (const std::string& p : {o_.root, o_.root + "/tenants"}) {
+      const int rc = zoo_create(zh_, p.c_str(), nullptr, -1, &ZOO_OPEN_ACL_UNSAFE, 0, nullptr, 0);
+      if (rc != ZOK && rc != ZNODEEXISTS) return from_zk(rc, "creating " + p);
+    }
+    return Status::ok();
+  }
+
+  Result<Versioned> read(uint32_t tenant) override {
+    std::lock_guard<std::mutex> l(call_mu_);
+    HL_RETURN_IF_ERROR(connect_locked());
+    const std::string path = path_of(tenant);
+    std::vector<char> buf(kMaxRecordBytes + 1);
+    int len = int(buf.size());
+    Stat stat{};
+    const int rc = zoo_get(zh_, path.c_str(), 0, buf.data(), &len, &stat);
+    if (rc != ZOK) return from_zk(rc, "reading " + path);
+    if (len < 0 || size_t(len) > kMaxRecordBytes)
+      return Status(StatusCode::kDataLoss, path + " holds " + std::to_string(stat.dataLength) +
+                                               " bytes: not a tenant config record");
+    auto c = decode_config(std::string_view(buf.data(), size_t(len)));
+    if (!c.is_ok()) return Status(StatusCode::kDataLoss, path + ": " + c.status().message());
+    return Versioned{std::move(*c), int64_t(stat.version)};
+  }
+
+  Result<int64_t> create(uint32_t tenant, const TenantConfig& first) override {
+    HL_ASSIGN_OR_RETURN(const std::string text, encode_config(first));
+    std::lock_guard<std::mutex> l(call_mu_);
+    HL_RETURN_IF_ERROR(connect_locked());
+    const std::string path = path_of(tenant);
+    const int rc = zoo_create(zh_, path.c_str(), text.data(), int(text.size()), &ZOO_OPEN_ACL_UNSAFE, 0, nullptr, 0);
+    if (rc != ZOK) return from_zk(rc, "creating " + path);
+    return int64_t{0};
+  }
+
+  Result<int64_t> compare_and_set(uint32_t tenant, const Versioned& seen, const TenantConfig& next) override {
+    HL_ASSIGN_OR_RETURN(const std::string text, encode_config(next));
+    if (next.epoch <= seen.config.epoch)
+      return invalid_argument("tenant config: the epoch must grow (" + std::to_string(seen.config.epoch) + " -> " +
+                              std::to_string(next.epoch) + ")");
+    if (seen.version < 0 || seen.version > INT32_MAX) return invalid_argument("tenant config: not a version read here");
+    std::lock_guard<std::mutex> l(call_mu_);
+    HL_RETURN_IF_ERROR(connect_locked());
+    const std::string path = path_of(tenant);
+    Stat stat{};
+    const int rc = zoo_set2(zh_, path.c_str(), text.data(), int(text.size()), int(seen.version), &stat);
+    if (rc != ZOK) return from_zk(rc, "replacing " + path);
+    return int64_t(stat.version);
+  }
+
+  std::string describe() const override { return "zookeeper " + o_.hosts + o_.root; }
+
+ private:
+  std::string path_of(uint32_t tenant) const { return o_.root + "/tenants/" + std::to_string(tenant); }
+
+  static void watcher(zhandle_t*, int type, int state, const char*, void* ctx) {
+    if (type != ZOO_SESSION_EVENT) return;
+    auto* self = static_cast<ZooKeeperStore*>(ctx);
+    std::lock_guard<std::mutex> l(self->state_mu_);
+    self->state_ = state;
+    self->state_cv_.notify_all();
+  }
+
+  void close_handle() {
+    if (zh_) zookeeper_close(zh_);
+    zh_ = nullptr;
+  }
+
+  // A connected handle, made anew when there is none or its session expired
+  // (an expired handle refuses every call). REQUIRES: call_mu_ held.
+  Status connect_locked() {
+    int state;
+    {
+      std::lock_guard<std::mutex> l(state_mu_);
+      state = state_;
+    }
+    if (zh_ && state != ZOO_EXPIRED_SESSION_STATE && state != ZOO_AUTH_FAILED_STATE) return Status::ok();
+    close_handle();
+    {
+      std::lock_guard<std::mutex> l(state_mu_);
+      state_ = 0;
+    }
+    zoo_set_debug_level(ZOO_LOG_LEVEL_ERROR);
+    zh_ = zookeeper_init(o_.hosts.c_str(), &ZooKeeperStore::watcher, int(o_.session_timeout_ms), nullptr, this, 0);
+    if (!zh_) return unavailable("zookeeper_init(" + o_.hosts + ") failed: " + std::string(std::strerror(errno)));
+    std::unique_lock<std::mutex> l(state_mu_);
+    const bool up = state_cv_.wait_for(l, std::chrono::milliseconds(o_.connect_timeout_ms),
+                                       [&] { return state_ == ZOO_CONNECTED_STATE; });
+    if (!up) {
+      l.unlock();
+      close_handle();
+      return unavailable("no ZooKeeper server at " + o_.hosts + " answered within " +
+                         std::to_string(o_.connect_timeout_ms) + " ms");
+    }
+    return Status::ok();
+  }
+
+  ZooKeeperOptions o_;
+  std::mutex call_mu_;  // one call at a time on the handle (and its re-creation)
+  zhandle_t* zh_ = nullptr;
+  std::mutex state_mu_;
+  std::condition_variable state_cv_;
+  int state_ = 0;  // the last session state the watcher reported
+};
+
+}  // namespace
+
+Result<std::unique_ptr<ConfigStore>> zookeeper_config_store(const ZooKeeperOptions& o) {
+  if (o.hosts.empty()) return invalid_argument("ZooKeeperOptions::hosts is empty");
+  if (o.root.size() < 2 || o.root[0] != '/' || o.root.back() == '/')
+    return invalid_argument("ZooKeeperOptions::root must be an absolute znode path such as /hyperloop");
+  if (o.session_timeout_ms == 0 || o.connect_timeout_ms == 0)
+    return invalid_argument("ZooKeeperOptions: the timeouts must be positive");
+  auto s = std::make_unique<ZooKeeperStore>(o);
+  HL_RETURN_IF_ERROR(s->start());
+  return std::unique_ptr<ConfigStore>(std::move(s));
+}
+
+}  // namespace hyperloop::coord

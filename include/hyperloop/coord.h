@@ -1,0 +1,117 @@
+// hyperloop/coord.h: each tenant's configuration record (its epoch, its
+// chain, the client that owns it, each replica's state), kept in a
+// coordination service and changed only by versioned compare-and-set.
+//
+// The record is off the data path: it is read when a client connects or
+// reconfigures and written once per reconfiguration, never per operation
+// (a ZooKeeper call costs 0.2-9 ms here, a chain operation microseconds).
+// Safety against two writers (two clients racing to take a tenant over, a
+// stale one coming back) comes from the store's linearizable
+// compare-and-set, never from timeouts: of two writers that read the same
+// version, exactly one succeeds; the other gets kAborted and must read again.
+//
+// Two stores behind one interface:
+//   in_memory_config_store()  linearizable, in this process: unit tests and the
+//                             deterministic simulation
+//   zookeeper_config_store()  a ZooKeeper ensemble (Debian's zookeeper and
+//                             libzookeeper-mt); one znode per tenant,
+//                             <root>/tenants/<id>, its data the record's text
+//                             (encode_config), its stat.version the version here
+//
+// Thread-safety: every ConfigStore is safe to call from several threads.
+// Errors are values; nothing here throws.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "hyperloop/status.h"
+
+namespace hyperloop::coord {
+
+// A replica's role in its tenant's chain (3FS's public target states, cut to
+// what a chain needs).
+enum class ReplicaState : uint8_t {
+  kServing = 0,  // a full member: applies, forwards, counts for durability
+  kSyncing = 1,  // joining at the tail: receives writes and a copy of the state, not yet counted
+  kOffline = 2,  // out of the chain (dead or fenced); kept in the record for the operator
+};
+std::string_view replica_state_name(ReplicaState s);
+
+struct ReplicaEntry {
+  std::string endpoint;  // the daemon's control endpoint, host:port
+  ReplicaState state = ReplicaState::kServing;
+  bool operator==(const ReplicaEntry&) const = default;
+};
+
+struct TenantConfig {
+  uint64_t epoch = 0;               // > 0; strictly increasing with every change
+  std::string owner;                // the client that owns the tenant; empty: none
+  std::vector<ReplicaEntry> chain;  // head first
+  bool operator==(const TenantConfig&) const = default;
+};
+
+// Limits on a record: what encode refuses and decode never accepts.
+inline constexpr size_t kMaxChainEntries = 16;
+inline constexpr size_t kMaxNameBytes = 255;  // an endpoint or an owner
+inline constexpr size_t kMaxRecordBytes = 8192;
+
+// Checks a record: epoch > 0, at most kMaxChainEntries replicas, names of 1 to
+// kMaxNameBytes printable non-space ASCII bytes (an owner may be empty), no
+// endpoint twice. kInvalidArgument naming what is wrong.
+Status check_config(const TenantConfig& c);
+
+// The record's text, one field per line, readable with zkCli's `get`:
+//   hyperloop-tenant-config 1
+//   epoch 7
+//   owner client-a            ("owner -" when there is none)
+//   replica 10.0.0.1:7000 serving
+//   replica 10.0.0.2:7000 syncing
+// decode_config accepts exactly what encode_config writes (the same order,
+// one space, '\n' line ends, nothing else): every byte from the store is
+// validated before it is trusted. Errors: kInvalidArgument.
+Result<std::string> encode_config(const TenantConfig& c);
+Result<TenantConfig> decode_config(std::string_view text);
+
+// A record and the store's version of it (the compare-and-set token).
+struct Versioned {
+  TenantConfig config;
+  int64_t version = -1;
+};
+
+class ConfigStore {
+ public:
+  virtual ~ConfigStore() = default;
+  // The tenant's record. kNotFound if it has none; kUnavailable if the store
+  // cannot be reached; kDataLoss if what it holds is not a valid record.
+  virtual Result<Versioned> read(uint32_t tenant) = 0;
+  // Creates the tenant's first record (check_config must pass). Returns its
+  // version. kAlreadyExists if it has one.
+  virtual Result<int64_t> create(uint32_t tenant, const TenantConfig& first) = 0;
+  // Replaces the record `seen` (as read) with `next` if the store still holds
+  // seen.version: the one linearizable step of a reconfiguration. `next`
+  // must pass check_config and have next.epoch > seen.config.epoch.
+  // Returns the new version. kAborted if the record changed since `seen`
+  // (another writer won: read again); kNotFound if it is gone.
+  virtual Result<int64_t> compare_and_set(uint32_t tenant, const Versioned& seen, const TenantConfig& next) = 0;
+  // What the store is, for logs ("in-memory", "zookeeper 127.0.0.1:2181/hyperloop").
+  virtual std::string describe() const = 0;
+};
+
+std::unique_ptr<ConfigStore> in_memory_config_store();
+
+struct ZooKeeperOptions {
+  std::string hosts;                         // "host:port[,host:port...]"
+  std::string root = "/hyperloop";           // created if missing (persistent znodes)
+  uint32_t session_timeout_ms = 4000;        // asked for; the server clamps it to [2, 20] x tickTime
+  uint32_t connect_timeout_ms = 5000;        // bound on reaching ZOO_CONNECTED_STATE
+};
+// Connects to ZooKeeper (and creates <root>/tenants if missing).
+// kUnavailable if no server answers within connect_timeout_ms;
+// kNotSupported if this build has no ZooKeeper client (libzookeeper-mt-dev).
+Result<std::unique_ptr<ConfigStore>> zookeeper_config_store(const ZooKeeperOptions& o);
+
+}  // namespace hyperloop::coord
