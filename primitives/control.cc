@@ -129,16 +129,19 @@ class LocalControl final : public MemberControl {
  public:
   explicit LocalControl(ReplicaHost& h) : h_(h), hold_(h) {}
   Result<MemberInfo> create(uint32_t t, uint32_t pos, uint32_t n, const GroupOptions& o) override {
-    return create_member(h_, t, pos, n, o);
+    HL_ASSIGN_OR_RETURN(CreatedMember c, create_member(h_, t, pos, n, o));
+    id_ = c.id;
+    return c.info;
   }
   Status connect(uint32_t t, const rnic::QpAddress& p, const rnic::QpAddress& nx, const rnic::QpAddress& c) override {
-    return connect_member(h_, t, p, nx, c);
+    return connect_member(h_, t, id_, p, nx, c);
   }
-  Status start(uint32_t t) override { return start_member(h_, t); }
-  void drop(uint32_t t) override { drop_member(h_, t); }
+  Status start(uint32_t t) override { return start_member(h_, t, id_); }
+  void drop(uint32_t t) override { drop_member(h_, t, id_); }
 
  private:
   ReplicaHost& h_;
+  uint64_t id_ = 0;  // the member create() made (0: none)
   HostHold hold_;  // destroying the host before the Group is a lifetime error
 };
 
@@ -265,6 +268,7 @@ class RemoteControl final : public MemberControl {
     r.region_size = o.region_size;
     r.staging_bytes = o.staging_bytes;
     r.op_timeout_ns = o.op_timeout_ns;
+    r.epoch = o.epoch;
     std::vector<std::byte> payload;
     HL_RETURN_IF_ERROR(call(MsgType::kCreate, encode_create(r), &payload));
     auto info = decode_member_info(payload);
@@ -371,6 +375,8 @@ struct Session {
   uint32_t tenant = 0;
   Nonce client_nonce{}, server_nonce{};
   bool owns_member = false;
+  uint64_t member_id = 0;  // while owns_member
+  uint64_t fenced_by = 0;  // the epoch that fenced this session's member (0: none)
   bool closing = false;  // close once the output is flushed
   uint32_t events = EPOLLIN | EPOLLRDHUP;  // registered with epoll
   std::vector<std::byte> in;
@@ -378,6 +384,14 @@ struct Session {
   size_t out_off = 0;
   uint64_t opened_ns = 0, last_rx_ns = 0;
 };
+
+// Why a session that owns no member cannot CONNECT or START.
+Status no_member(const Session& s, const char* what) {
+  if (s.fenced_by)
+    return permission_denied(std::string(what) + ": this session's member was fenced by epoch " +
+                             std::to_string(s.fenced_by) + " (another client took the tenant over)");
+  return failed_precondition(std::string(what) + " before CREATE");
+}
 
 }  // namespace
 
@@ -675,7 +689,8 @@ void ControlServer::Impl::handle(Session& s, uint8_t type_byte, std::span<const 
       o.region_size = c.region_size;
       o.staging_bytes = c.staging_bytes;
       o.op_timeout_ns = c.op_timeout_ns;
-      Result<MemberInfo> info = resource_exhausted("out of memory creating the member");
+      o.epoch = c.epoch;
+      Result<CreatedMember> info = resource_exhausted("out of memory creating the member");
       try {
         info = create_member(*host, s.tenant, c.pos, c.n, o);
       } catch (const std::bad_alloc&) {
@@ -684,24 +699,38 @@ void ControlServer::Impl::handle(Session& s, uint8_t type_byte, std::span<const 
       }
       if (!info) return refuse(s, type, info.status(), false);
       s.owns_member = true;
+      s.member_id = info->id;
+      if (info->fenced_id != 0) {
+        // The session that held the fenced member keeps its connection (its
+        // client learns of the fence from its next request) but owns nothing.
+        for (auto& [fd, other] : sessions) {
+          if (&other == &s || !other.owns_member || other.tenant != s.tenant || other.member_id != info->fenced_id)
+            continue;
+          other.owns_member = false;
+          other.fenced_by = c.epoch;
+          count([](ControlStats& x) { ++x.members_fenced; });
+          log(LogLevel::kInfo, "control", "member_fenced",
+              {{"peer", other.peer}, {"tenant", s.tenant}, {"by", s.peer}, {"epoch", c.epoch}});
+        }
+      }
       count([](ControlStats& x) { ++x.members_created; });
       log(LogLevel::kInfo, "control", "member_created",
-          {{"peer", s.peer}, {"tenant", s.tenant}, {"pos", c.pos}, {"n", c.n},
+          {{"peer", s.peer}, {"tenant", s.tenant}, {"pos", c.pos}, {"n", c.n}, {"epoch", c.epoch},
            {"mode", forward_mode_name(o.mode)}, {"slots", c.slots}});
-      return reply(s, type, encode_ok(encode_member_info(*info)));
+      return reply(s, type, encode_ok(encode_member_info(info->info)));
     }
     case MsgType::kConnect: {
       const auto& c = std::get<ConnectRequest>(req->body);
-      if (!s.owns_member) return refuse(s, type, failed_precondition("CONNECT before CREATE"), false);
-      auto st = connect_member(*host, s.tenant, c.prev, c.next, c.client_ctrl);
+      if (!s.owns_member) return refuse(s, type, no_member(s, "CONNECT"), false);
+      auto st = connect_member(*host, s.tenant, s.member_id, c.prev, c.next, c.client_ctrl);
       if (!st.is_ok()) return refuse(s, type, st, false);
       return reply(s, type, encode_ok({}));
     }
     case MsgType::kStart: {
-      if (!s.owns_member) return refuse(s, type, failed_precondition("START before CREATE"), false);
+      if (!s.owns_member) return refuse(s, type, no_member(s, "START"), false);
       Status st = resource_exhausted("out of memory arming the member");
       try {
-        st = start_member(*host, s.tenant);
+        st = start_member(*host, s.tenant, s.member_id);
       } catch (const std::bad_alloc&) {
       }
       if (!st.is_ok()) return refuse(s, type, st, false);
@@ -709,7 +738,7 @@ void ControlServer::Impl::handle(Session& s, uint8_t type_byte, std::span<const 
     }
     case MsgType::kDrop: {
       if (s.owns_member) {
-        drop_member(*host, s.tenant);
+        drop_member(*host, s.tenant, s.member_id);
         s.owns_member = false;
         count([](ControlStats& x) { ++x.members_dropped; });
         log(LogLevel::kInfo, "control", "member_dropped", {{"peer", s.peer}, {"tenant", s.tenant}, {"reason", "DROP"}});
@@ -729,7 +758,7 @@ void ControlServer::Impl::close_session(int fd, std::string_view reason) {
   if (it == sessions.end()) return;
   Session& s = it->second;
   if (s.owns_member) {
-    drop_member(*host, s.tenant);
+    drop_member(*host, s.tenant, s.member_id);
     count([](ControlStats& x) { ++x.members_dropped; });
     log(LogLevel::kInfo, "control", "member_dropped", {{"peer", s.peer}, {"tenant", s.tenant}, {"reason", reason}});
   }

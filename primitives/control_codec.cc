@@ -165,6 +165,7 @@ std::vector<std::byte> encode_create(const CreateRequest& c) {
   w.u64(c.region_size);
   w.u64(c.staging_bytes);
   w.u64(c.op_timeout_ns);
+  w.u64(c.epoch);
   return out;
 }
 Result<CreateRequest> decode_create(std::span<const std::byte> body) {
@@ -178,6 +179,7 @@ Result<CreateRequest> decode_create(std::span<const std::byte> body) {
   c.region_size = r.u64();
   c.staging_bytes = r.u64();
   c.op_timeout_ns = r.u64();
+  c.epoch = r.u64();
   if (!r.done()) return malformed("CREATE");
   return c;
 }

@@ -16,7 +16,8 @@
 //   HELLO     u32 tenant, 32 B client nonce             -> 32 B server nonce
 //   AUTH      32 B client proof                          -> 32 B server proof, u64 heartbeat_ns
 //   CREATE    u32 pos, u32 n, u8 mode, u32 slots, u32 rearm_batch,
-//             u64 region_size, u64 staging_bytes, u64 op_timeout_ns
+//             u64 region_size, u64 staging_bytes, u64 op_timeout_ns,
+//             u64 epoch (GroupOptions::epoch)
 //                                                        -> MemberInfo (encode_member_info:
 //                                                           u64 region_addr, u32 lkey, u32 rkey,
 //                                                           u64 ctrl_addr, u32 lkey, u32 rkey,
@@ -57,7 +58,7 @@
 namespace hyperloop::prim::internal {
 
 inline constexpr uint32_t kControlMagic = 0x50434c48;  // "HLCP"
-inline constexpr uint16_t kControlVersion = 2;  // 2: MemberInfo carries the entry format
+inline constexpr uint16_t kControlVersion = 3;  // 2: MemberInfo's entry format; 3: CREATE's epoch
 inline constexpr size_t kControlHeaderBytes = 12;
 inline constexpr uint32_t kMaxControlBody = 16 << 10;  // the largest (STATS) answers are a few KiB
 inline constexpr size_t kMaxErrorMessage = 1024;
@@ -99,6 +100,7 @@ struct CreateRequest {
   uint8_t mode = 0;
   uint32_t slots = 0, rearm_batch = 0;
   uint64_t region_size = 0, staging_bytes = 0, op_timeout_ns = 0;
+  uint64_t epoch = 0;  // GroupOptions::epoch (version 3)
 };
 struct ConnectRequest {
   rnic::QpAddress prev, next, client_ctrl;

@@ -48,6 +48,8 @@ struct Tenant;
 
 struct Member {
   Tenant* tenant = nullptr;
+  uint64_t id = 0;     // unique on its host: what connect/start/drop name
+  uint64_t epoch = 0;  // GroupOptions::epoch of the group that created it
   uint32_t pos = 0;
   uint32_t n = 0;
   GroupOptions opts;
@@ -95,16 +97,33 @@ struct Tenant {
   std::byte* region = nullptr;
   std::unique_ptr<rnic::MemoryRegion> region_mr;
   std::unique_ptr<Member> member;  // the active chain position, if any
+  // The highest GroupOptions::epoch a CREATE has carried for this tenant:
+  // a CREATE below it is refused, one above the member's fences the member.
+  uint64_t fence_epoch = 0;
   std::string secret;              // what remote clients must prove (empty: none accepted)
 };
 
 // The host side of Group::create, implemented in replica_host.cc.
-Result<MemberInfo> create_member(ReplicaHost& host, uint32_t tenant, uint32_t pos, uint32_t n,
-                                 const GroupOptions& opts);
-Status connect_member(ReplicaHost& host, uint32_t tenant, const rnic::QpAddress& prev,
+// create_member gives the tenant's chain position to opts.epoch:
+//   below the tenant's fence epoch        kPermissionDenied (a stale client)
+//   a member of a lower epoch exists      that member is fenced first (its
+//                                         forwarding queues to ERROR before
+//                                         its receive queue, then destroyed)
+//   a member of the same epoch exists     kAlreadyExists
+// The member's id (CreatedMember::id) names it to the calls below; a call
+// naming a member that is gone (fenced, dropped) changes nothing: connect
+// and start return kPermissionDenied (fenced) or kNotFound, drop returns.
+struct CreatedMember {
+  MemberInfo info;
+  uint64_t id = 0;
+  uint64_t fenced_id = 0;  // the member this CREATE fenced (0: none)
+};
+Result<CreatedMember> create_member(ReplicaHost& host, uint32_t tenant, uint32_t pos, uint32_t n,
+                                    const GroupOptions& opts);
+Status connect_member(ReplicaHost& host, uint32_t tenant, uint64_t member_id, const rnic::QpAddress& prev,
                       const rnic::QpAddress& next, const rnic::QpAddress& client_ctrl);
 // Arms every slot and starts serving. Called once all members are connected.
-Status start_member(ReplicaHost& host, uint32_t tenant);
-void drop_member(ReplicaHost& host, uint32_t tenant);
+Status start_member(ReplicaHost& host, uint32_t tenant, uint64_t member_id);
+void drop_member(ReplicaHost& host, uint32_t tenant, uint64_t member_id);
 
 }  // namespace hyperloop::prim::internal

@@ -35,6 +35,7 @@ struct ReplicaHost::Impl {
   ReplicaHostOptions opts;
   mutable std::mutex mu;  // tenants and members
   std::map<uint32_t, std::unique_ptr<Tenant>> tenants;
+  uint64_t next_member_id = 0;  // guarded by mu
 
   std::thread agent;
   std::atomic<bool> stop{false};
@@ -92,9 +93,23 @@ constexpr uint64_t kOutPerSlot = 2;
 }  // namespace
 
 // ---- member creation and connection ---------------------------------------------
-Result<MemberInfo> internal::create_member(ReplicaHost& host, uint32_t tenant_id, uint32_t pos, uint32_t n,
-                                           const GroupOptions& o) {
+namespace {
+// Stops a member before it is destroyed, downstream first: its forwarding
+// queues (out, loop) go to ERROR before its receive queue does, so the
+// flush completions of the slot RECVs cannot release a pre-posted WQE that
+// still carries an earlier message's parameters; then the master and the
+// client's direct line. Nothing of the member runs after this returns.
+void fence_queues(Member& m) {
+  for (rnic::QueuePair* q : {m.out.get(), m.loop.get(), m.master.get(), m.in.get(), m.ctrl_qp.get()})
+    if (q) (void)q->set_error();
+  m.fail("fenced by a newer epoch");
+}
+}  // namespace
+
+Result<CreatedMember> internal::create_member(ReplicaHost& host, uint32_t tenant_id, uint32_t pos, uint32_t n,
+                                              const GroupOptions& o) {
   auto* h = HostAccess::impl(host);
+  std::unique_ptr<Member> fenced;  // destroyed after the lock is released
   std::lock_guard<std::mutex> l(h->mu);
   auto it = h->tenants.find(tenant_id);
   if (it == h->tenants.end())
@@ -103,7 +118,12 @@ Result<MemberInfo> internal::create_member(ReplicaHost& host, uint32_t tenant_id
   if (t.region_size != o.region_size)
     return invalid_argument("tenant " + std::to_string(tenant_id) + " has a region of " +
                             std::to_string(t.region_size) + " bytes here, not " + std::to_string(o.region_size));
-  if (t.member) return Status(StatusCode::kAlreadyExists, "tenant already has a group on this replica");
+  if (o.epoch < t.fence_epoch)
+    return permission_denied("epoch " + std::to_string(o.epoch) + " is fenced: tenant " + std::to_string(tenant_id) +
+                             " runs at epoch " + std::to_string(t.fence_epoch) + " on this replica");
+  if (t.member && t.member->epoch >= o.epoch)
+    return Status(StatusCode::kAlreadyExists, "tenant already has a group on this replica (epoch " +
+                                                  std::to_string(t.member->epoch) + ")");
   const auto& caps = h->device->caps();
   const bool offload = o.mode == ForwardMode::kOffload;
   // Offload needs WAIT/SEND_EN and managed queues, and send WQEs that a
@@ -117,6 +137,8 @@ Result<MemberInfo> internal::create_member(ReplicaHost& host, uint32_t tenant_id
 
   auto m = std::make_unique<Member>();
   m->tenant = &t;
+  m->id = ++h->next_member_id;
+  m->epoch = o.epoch;
   m->pos = pos;
   m->n = n;
   m->opts = o;
@@ -194,17 +216,41 @@ Result<MemberInfo> internal::create_member(ReplicaHost& host, uint32_t tenant_id
   info.out_addr = m->out->address();
   info.ctrl_addr_qp = m->ctrl_qp->address();
   info.entry_format = m->format;
+  CreatedMember created{info, m->id, 0};
+  // Everything the new member needs exists: only now is the old one fenced
+  // (a CREATE that fails leaves the member it found serving).
+  if (t.member) {
+    created.fenced_id = t.member->id;
+    fence_queues(*t.member);
+    fenced = std::move(t.member);
+  }
+  t.fence_epoch = o.epoch;
   t.member = std::move(m);
-  return info;
+  return created;
 }
 
-Status internal::connect_member(ReplicaHost& host, uint32_t tenant, const rnic::QpAddress& prev,
+namespace {
+// The tenant's member if it is `member_id`; else kPermissionDenied (a newer
+// epoch fenced it) or kNotFound. REQUIRES: the host's mu held.
+Result<Member*> named_member(std::map<uint32_t, std::unique_ptr<Tenant>>& tenants, uint32_t tenant,
+                             uint64_t member_id) {
+  auto it = tenants.find(tenant);
+  if (it == tenants.end()) return not_found("tenant " + std::to_string(tenant) + " is not registered");
+  Tenant& t = *it->second;
+  if (t.member && t.member->id == member_id) return t.member.get();
+  if (t.fence_epoch > 0)
+    return permission_denied("this member was fenced: tenant " + std::to_string(tenant) + " runs at epoch " +
+                             std::to_string(t.fence_epoch) + " on this replica");
+  return not_found("no member for tenant");
+}
+}  // namespace
+
+Status internal::connect_member(ReplicaHost& host, uint32_t tenant, uint64_t member_id, const rnic::QpAddress& prev,
                                 const rnic::QpAddress& next, const rnic::QpAddress& client_ctrl) {
   auto* h = HostAccess::impl(host);
   std::lock_guard<std::mutex> l(h->mu);
-  auto it = h->tenants.find(tenant);
-  if (it == h->tenants.end() || !it->second->member) return not_found("no member for tenant");
-  Member& m = *it->second->member;
+  HL_ASSIGN_OR_RETURN(Member * mp, named_member(h->tenants, tenant, member_id));
+  Member& m = *mp;
   // The predecessor writes payloads into the region; the client reads the
   // region and the control area (credits) over its direct line.
   HL_RETURN_IF_ERROR(m.in->init(rnic::kAccessRemoteWrite));
@@ -335,12 +381,11 @@ Status post_cpu_recv(Member& m, uint64_t seq) {
 
 }  // namespace
 
-Status internal::start_member(ReplicaHost& host, uint32_t tenant) {
+Status internal::start_member(ReplicaHost& host, uint32_t tenant, uint64_t member_id) {
   auto* h = HostAccess::impl(host);
   std::lock_guard<std::mutex> l(h->mu);
-  auto it = h->tenants.find(tenant);
-  if (it == h->tenants.end() || !it->second->member) return not_found("no member for tenant");
-  Member& m = *it->second->member;
+  HL_ASSIGN_OR_RETURN(Member * mp, named_member(h->tenants, tenant, member_id));
+  Member& m = *mp;
   for (uint64_t s = 0; s < m.opts.slots; ++s)
     HL_RETURN_IF_ERROR(m.opts.mode == ForwardMode::kOffload ? arm_slot(m, s) : post_cpu_recv(m, s));
   m.armed_seq = m.opts.slots;
@@ -349,13 +394,13 @@ Status internal::start_member(ReplicaHost& host, uint32_t tenant) {
   return Status::ok();
 }
 
-void internal::drop_member(ReplicaHost& host, uint32_t tenant) {
+void internal::drop_member(ReplicaHost& host, uint32_t tenant, uint64_t member_id) {
   auto* h = HostAccess::impl(host);
   std::unique_ptr<Member> gone;
   {
     std::lock_guard<std::mutex> l(h->mu);
     auto it = h->tenants.find(tenant);
-    if (it == h->tenants.end()) return;
+    if (it == h->tenants.end() || !it->second->member || it->second->member->id != member_id) return;
     gone = std::move(it->second->member);
   }
   // Destroyed outside the lock; the agent only touches members under it.
@@ -746,6 +791,8 @@ std::string internal::host_metrics_text(const ReplicaHost& host, const ControlSt
   metric("hyperloop_control_requests_refused_total", "counter", "Requests answered with an error.", c.requests_refused);
   metric("hyperloop_control_members_created_total", "counter", "Members created over control.", c.members_created);
   metric("hyperloop_control_members_dropped_total", "counter", "Members dropped (DROP, close, timeout).", c.members_dropped);
+  metric("hyperloop_control_members_fenced_total", "counter", "Members fenced by a CREATE of a newer epoch.",
+         c.members_fenced);
   return out;
 }
 

@@ -96,6 +96,7 @@ CreateRequest random_create(std::mt19937_64& rng) {
   c.region_size = 8 * (1 + rng() % 100000);
   c.staging_bytes = 1 + rng() % (1 << 20);
   c.op_timeout_ns = 1'000'000 + rng() % 1'000'000'000;
+  c.epoch = rng();
   return c;
 }
 

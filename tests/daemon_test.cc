@@ -1028,6 +1028,50 @@ TEST_F(DaemonConnectTest, TenantInUseUntilTheGroupIsDestroyed) {
   ASSERT_NO_FATAL_FAILURE(expect_records(**third, 0, 8, "after the group was rebuilt"));
 }
 
+// A client of a newer epoch takes the tenant over while its holder is
+// connected: every daemon fences the holder's member; the holder's session
+// stays open but nothing it issues afterwards is applied, its teardown
+// leaves the new members alone, and an older epoch is refused.
+TEST_F(DaemonConnectTest, ANewerEpochFencesTheHolderAndNothingItIssuesAfterwardsIsApplied) {
+  ASSERT_NO_FATAL_FAILURE(start_daemons(3, {{1, 65536}}));
+  ASSERT_TRUE(client_.init("127.0.0.1").is_ok());
+  auto eps = endpoints();
+  auto at = [&](uint64_t epoch, ForwardMode mode) {
+    prim::GroupOptions o = group_options(1, 65536, mode);
+    o.epoch = epoch;
+    return Group::connect(client_.nic(), eps, o);
+  };
+  auto holder = at(3, ForwardMode::kOffload);
+  ASSERT_TRUE(holder.is_ok()) << describe(holder.status());
+  ASSERT_NO_FATAL_FAILURE(write_records(**holder, 0, 8, ops_));
+  auto taker = at(4, ForwardMode::kCpuForward);
+  ASSERT_TRUE(taker.is_ok()) << describe(taker.status()) << daemon_logs();
+  // The holder goes on writing records 100..131: none completes.
+  uint64_t acknowledged = 0;
+  for (uint64_t k = 100; k < 132; ++k) {
+    uint64_t rec[8];
+    make_record(k, rec);
+    Op& w = ops_.emplace_back();
+    if ((*holder)->write(w, k * kRecordBytes, as_bytes(rec)).is_ok() &&
+        (*holder)->wait(w, kOpTimeoutNs + 1'000'000'000).is_ok())
+      ++acknowledged;
+  }
+  EXPECT_EQ(acknowledged, 0u);
+  holder->reset();  // its DROPs and its closing name a member that is gone
+  ASSERT_NO_FATAL_FAILURE(expect_records(**taker, 0, 8, "after the takeover"));
+  std::vector<std::byte> stale(32 * kRecordBytes);
+  for (uint32_t r = 0; r < 3; ++r) {
+    ASSERT_TRUE((*taker)->read(r, 100 * kRecordBytes, stale).is_ok());
+    EXPECT_EQ(stale, std::vector<std::byte>(stale.size())) << "replica " << r << " holds a write of the fenced client";
+  }
+  ASSERT_NO_FATAL_FAILURE(write_records(**taker, 8, 16, ops_));
+  auto older = at(3, ForwardMode::kOffload);
+  ASSERT_FALSE(older.is_ok());
+  EXPECT_EQ(older.status().code(), StatusCode::kPermissionDenied) << describe(older.status());
+  for (const auto& d : daemons_) EXPECT_NE(d->stderr_text().find("member_fenced"), std::string::npos) << d->name();
+  ASSERT_NO_FATAL_FAILURE(expect_records(**taker, 0, 16, "after the refused stale client"));
+}
+
 // ---- 4. daemons in network namespaces joined by veth pairs ----------------------------------------------
 // Topology (names carry this process's id; all removed in TearDown):
 //   root namespace: bridge hlbr<pid> N.1/24 (the client listens here)

@@ -80,6 +80,16 @@ struct GroupOptions {
   // replicas' agent_poll() there). Empty: real time, no hook.
   Clock clock;
   std::function<void()> progress;
+  // The configuration epoch this group runs under (coord.h: TenantConfig::
+  // epoch; 0: none). Each host gives the tenant's chain position to the
+  // highest epoch it has seen: a group of a higher epoch than the member a
+  // host holds fences that member (its forwarding queues stopped before its
+  // receive queue, then destroyed: the old group's operations fail, and
+  // none of them is applied there afterwards); a group of a lower epoch
+  // than the host has seen is kPermissionDenied; the same epoch while a
+  // member exists is kAlreadyExists. The epoch a host has seen lives as
+  // long as the host object (a restarted daemon starts from 0 again).
+  uint64_t epoch = 0;
 };
 
 struct ReplicaHostOptions {
@@ -169,6 +179,7 @@ struct ControlStats {
   uint64_t pings = 0;                 // heartbeats received
   uint64_t members_created = 0;
   uint64_t members_dropped = 0;
+  uint64_t members_fenced = 0;        // replaced by a CREATE of a newer epoch
 };
 
 class ReplicaHost;
