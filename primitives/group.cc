@@ -620,6 +620,25 @@ Status Group::read(uint32_t replica, uint64_t offset, std::span<std::byte> dst) 
   return Status::ok();
 }
 
+Result<uint64_t> Group::heartbeat(uint32_t replica, uint64_t timeout_ns) {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  auto& g = *impl_;
+  if (replica >= g.n) return out_of_range("heartbeat: no replica " + std::to_string(replica));
+  if (g.broken) return g.refused();
+  std::byte* bounce = g.small + Impl::kCreditBytes;
+  const Status st = g.read_sync(*g.ctrl[replica], g.members[replica].ctrl_addr + kHeartbeatOffset,
+                                g.members[replica].ctrl_rkey, bounce, 8,
+                                g.now() + std::min(timeout_ns, g.o.op_timeout_ns));
+  if (st.code() == StatusCode::kDeadlineExceeded) {
+    g.fail_all(Status(StatusCode::kUnavailable, "a replica did not answer a heartbeat READ in time"));
+    return st;
+  }
+  HL_RETURN_IF_ERROR(st);
+  uint64_t v;
+  std::memcpy(&v, bounce, 8);
+  return v;
+}
+
 size_t Group::poll() {
   std::lock_guard<std::mutex> l(impl_->mu);
   return impl_->poll_locked();

@@ -17,9 +17,12 @@
 namespace hyperloop::prim::internal {
 
 // Control area of a member (registered memory): the armed counter the client
-// reads for credit, a scratch word, then one message buffer per slot.
+// reads for credit, a scratch word, the heartbeat, then one message buffer per slot.
 inline constexpr size_t kArmedSeqOffset = 0;
 inline constexpr size_t kScratchOffset = 8;
+// A counter the agent bumps on every turn over the member: the client reads
+// it with RDMA READ (Group::heartbeat) to learn the host is alive.
+inline constexpr size_t kHeartbeatOffset = 16;
 inline constexpr size_t kSlotsOffset = 64;
 
 struct MemberInfo {
@@ -82,6 +85,10 @@ struct Member {
 
   std::byte* slot_buf(uint64_t seq) const { return ctrl_mem + kSlotsOffset + (seq & (opts.slots - 1)) * stride; }
   uint64_t addr_of(const std::byte* p) const { return reinterpret_cast<uint64_t>(p); }
+  void beat() {
+    std::atomic_ref<uint64_t> hb(*reinterpret_cast<uint64_t*>(ctrl_mem + kHeartbeatOffset));
+    hb.store(hb.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+  }
   void publish_armed() {
     std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(ctrl_mem + kArmedSeqOffset))
         .store(armed_seq, std::memory_order_release);

@@ -589,6 +589,7 @@ size_t ReplicaHost::Impl::serve_cpu(Member& m) {
 
 size_t ReplicaHost::Impl::serve(Member& m) {
   if (!m.started || m.broken) return 0;
+  m.beat();
   const size_t work = m.opts.mode == ForwardMode::kOffload ? serve_offload(m) : serve_cpu(m);
   if (m.broken) {
     broken_total.fetch_add(1, std::memory_order_relaxed);

@@ -349,6 +349,7 @@ Result<Plan> plan_recovery(const Layout& lay, const std::vector<std::vector<std:
   plan.head_pos = pos;
   plan.head_slot = best_slot ^ 1;
   plan.epoch = max_epoch + 1;
+  plan.ended_epoch = best.epoch;
   const Head h = make_head(lsn, pos, plan.epoch);
   std::memcpy(plan.target.data() + head_slot_offset(plan.head_slot), &h, sizeof h);
   return plan;

@@ -103,6 +103,9 @@ struct PlanInput {
 struct Plan {
   std::vector<std::byte> target;
   uint64_t head_lsn = 1, head_pos = 0, epoch = 1;
+  // The epoch whose records the scan took (the reference head's), 0 for a
+  // blank store: its records below head_lsn are committed, the rest never.
+  uint64_t ended_epoch = 0;
   uint32_t head_slot = 0;
   uint64_t replayed = 0;
   int reference = -1;  // the replica whose image the target started from (-1: blank)

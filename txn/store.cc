@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <shared_mutex>
 #include <string>
@@ -20,6 +21,7 @@
 
 #include "format.h"
 #include "hyperloop/internal/memory_limits.h"
+#include "hyperloop/log.h"
 
 namespace hyperloop::txn {
 
@@ -53,6 +55,11 @@ struct Store::Impl {
   std::atomic<int64_t> active_txns{0};    // begun, not finished (lifetime rule)
   std::vector<std::string> endpoints;     // connect(): daemons
 
+  // Membership (o.membership.config set). The chain above (hosts or
+  // endpoints) is then derived from the record's serving replicas.
+  std::map<std::string, prim::ReplicaHost*> directory;  // open(): every host by its record name
+  coord::Versioned record;  // as last read or written: changed with life exclusive, read under mu
+
   // life: shared by every call, exclusive for recover() (which replaces the group).
   std::shared_mutex life;
   std::unique_ptr<prim::Group> group;
@@ -74,6 +81,9 @@ struct Store::Impl {
   uint32_t head_slot_next = 0;
   StoreId id;          // of the last successful recovery
   uint64_t epoch = 0;  // carried by every record and head written since it
+  bool fenced = false;  // taken over (membership): final
+  std::string fenced_reason;
+  std::vector<std::pair<uint64_t, uint64_t>> ended;  // (store epoch, end LSN) our recoveries ended
   std::deque<std::unique_ptr<InFlight>> applying;  // in LSN order
   std::unique_ptr<prim::Op[]> head_ops;  // [0] gFLUSH of applied data, [1] gWRITE of the head, [2] its gFLUSH
   // Truncation in progress: the data flush, then the head write and its flush.
@@ -92,6 +102,15 @@ struct Store::Impl {
 
   Status make_group();
   Status recover_locked(const RecoveryOptions& how);
+  bool has_membership() const { return o.membership.config != nullptr; }
+  Status take_membership();
+  Status use_chain(const coord::TenantConfig& c, const std::string& joining = {});
+  Status reconfigure_locked();
+  Status probe(const std::string& name);
+  Status fence_locked(std::string why);
+  Status heal_after(Status failed);
+  Status add_replica(const std::string& name, prim::ReplicaHost* host);
+  Status drain();
   Status recover_steps(const RecoveryOptions& how, std::deque<prim::Op>& ops);
   // A wait for stripes that outlived lock_timeout_ns. Stripes are only ever
   // held by this store's own operations in the chain, so: if the chain
@@ -117,12 +136,13 @@ struct Store::Impl {
       }
     return Status(StatusCode::kAborted, "a slow chain");
   }
-  Status commit(std::vector<Transaction::Write>& writes, std::vector<Transaction::Read>& reads);
+  Status commit(std::vector<Transaction::Write>& writes, std::vector<Transaction::Read>& reads, TxnId* id);
   Status read(uint64_t offset, std::span<std::byte> dst, std::vector<Transaction::Read>& reads);
   Status validate_locked(const std::vector<Transaction::Read>& reads) const;
   void reap_locked();
   void truncate_locked(bool force);
   Status refuse_locked() const {
+    if (fenced) return permission_denied("this store was fenced: " + fenced_reason);
     return unavailable("store needs recover(): " + (broken_reason.empty() ? "not recovered" : broken_reason));
   }
   void break_locked(std::string why) {
@@ -162,7 +182,7 @@ size_t Transaction::write_bytes() const {
 Status Transaction::read(uint64_t offset, std::span<std::byte> dst) {
   if (!store_) return invalid_argument("read: the transaction is finished");
   HL_RETURN_IF_ERROR(check_data_range(store_->impl_->lay, offset, dst.size(), "read"));
-  Status s = store_->impl_->read(offset, dst, reads_);
+  Status s = store_->impl_->heal_after(store_->impl_->read(offset, dst, reads_));
   if (!s.is_ok()) {
     if (s.code() == StatusCode::kAborted) abort();
     return s;
@@ -190,7 +210,8 @@ Status Transaction::commit() {
   auto reads = std::move(reads_);
   writes_.clear();
   reads_.clear();
-  Status st = s->impl_->commit(writes, reads);
+  id_ = {};
+  Status st = s->impl_->heal_after(s->impl_->commit(writes, reads, &id_));
   s->impl_->active_txns.fetch_sub(1, std::memory_order_acq_rel);
   return st;
 }
@@ -292,7 +313,8 @@ Status Store::Impl::validate_locked(const std::vector<Transaction::Read>& reads)
 }
 
 // ---- commit ------------------------------------------------------------------------------------
-Status Store::Impl::commit(std::vector<Transaction::Write>& writes, std::vector<Transaction::Read>& reads) {
+Status Store::Impl::commit(std::vector<Transaction::Write>& writes, std::vector<Transaction::Read>& reads,
+                           TxnId* id) {
   std::shared_lock<std::shared_mutex> life_lock(life);
   if (!group) {  // a recovery failed: no chain at all
     std::lock_guard<std::mutex> l(mu);
@@ -384,6 +406,7 @@ Status Store::Impl::commit(std::vector<Transaction::Write>& writes, std::vector<
   next_tag = next_tag % kMaxTag + 1;
   const uint64_t txn_id = next_txn++;
   fl->lsn = next_lsn++;
+  *id = {epoch, fl->lsn};
   applying.push_back(std::move(owned));
   fl->end_pos = rec.pos + rec.bytes.size();
   tail_pos = fl->end_pos;
@@ -536,6 +559,7 @@ Status Store::Impl::make_group() {
   prim::GroupOptions g = o.group;
   g.tenant = o.tenant;
   g.region_size = lay.region;
+  g.epoch = record.config.epoch;  // 0 without membership
   Result<std::unique_ptr<prim::Group>> r =
       hosts.empty() ? prim::Group::connect(*device, endpoints, g) : prim::Group::create(*device, hosts, g);
   if (!r.is_ok()) return r.status();
@@ -642,6 +666,10 @@ Status Store::Impl::recover_steps(const RecoveryOptions& how, std::deque<prim::O
   head_slot_next = plan.head_slot ^ 1;
   id = plan.id;
   epoch = plan.epoch;
+  if (plan.ended_epoch != 0) {
+    ended.emplace_back(plan.ended_epoch, plan.head_lsn);
+    if (ended.size() > 64) ended.erase(ended.begin());
+  }
   ++stats.recoveries;
   stats.replayed_records += plan.replayed;
   if (plan.reference >= 0) stats.resynced_bytes += resynced_replicas;
@@ -690,6 +718,15 @@ Result<std::unique_ptr<Store>> Store::open(rnic::Device& client, std::span<prim:
     if (!h) return invalid_argument("Store::open: null replica host");
   impl->hosts.assign(replicas.begin(), replicas.end());
   for (auto* h : replicas) impl->holds.emplace_back(*h);
+  if (impl->has_membership()) {
+    const auto& names = options.membership.names;
+    if (names.size() != replicas.size())
+      return invalid_argument("Store::open: MembershipOptions::names has " + std::to_string(names.size()) +
+                              " names for " + std::to_string(replicas.size()) + " hosts");
+    for (size_t i = 0; i < names.size(); ++i)
+      if (!impl->directory.emplace(names[i], replicas[i]).second)
+        return invalid_argument("Store::open: the name " + names[i] + " is given twice");
+  }
   return start(std::move(impl));
 }
 
@@ -704,7 +741,12 @@ Result<std::unique_ptr<Store>> Store::connect(rnic::Device& client, std::span<co
 // The store over its first group, recovered (or formatted).
 Result<std::unique_ptr<Store>> Store::start(std::unique_ptr<Impl> impl) {
   std::unique_ptr<Store> s(new Store(std::move(impl)));
-  HL_RETURN_IF_ERROR(s->impl_->recover_locked(s->impl_->o.recovery));
+  RecoveryOptions how = s->impl_->o.recovery;
+  if (s->impl_->has_membership()) {
+    HL_RETURN_IF_ERROR(s->impl_->take_membership());
+    how.allow_resize = true;  // the record decides the chain
+  }
+  HL_RETURN_IF_ERROR(s->impl_->recover_locked(how));
   return s;
 }
 
@@ -728,6 +770,14 @@ Status Store::read(uint64_t offset, std::span<std::byte> dst) {
 
 Status Store::recover(std::span<prim::ReplicaHost* const> replicas, const RecoveryOptions& how) {
   std::unique_lock<std::shared_mutex> life_lock(impl_->life);
+  if (impl_->has_membership()) {
+    if (!replicas.empty())
+      return failed_precondition("recover: with membership the record decides the chain (reconfigure, add_replica)");
+    if (impl_->fenced) return permission_denied("this store was fenced: " + impl_->fenced_reason);
+    RecoveryOptions h = how;
+    h.allow_resize = true;
+    return impl_->recover_locked(h);
+  }
   if (!replicas.empty()) {
     if (impl_->hosts.empty()) return invalid_argument("recover: this store was connected to daemons");
     for (auto* h : replicas)
@@ -754,24 +804,25 @@ void Store::poll() {
   impl_->reap_locked();
 }
 
-Status Store::drain() {
-  std::shared_lock<std::shared_mutex> life_lock(impl_->life);
-  auto& im = *impl_;
-  if (!im.group) {
-    std::lock_guard<std::mutex> l(im.mu);
-    return im.refuse_locked();
+Status Store::drain() { return impl_->heal_after(impl_->drain()); }
+
+Status Store::Impl::drain() {
+  std::shared_lock<std::shared_mutex> life_lock(life);
+  if (!group) {
+    std::lock_guard<std::mutex> l(mu);
+    return refuse_locked();
   }
   // Polls (no pointers into the apply queue: another thread may reap it).
   // Every operation completes or fails within op_timeout_ns.
   for (;;) {
     {
-      std::lock_guard<std::mutex> l(im.mu);
-      if (!im.healthy) return im.refuse_locked();
-      im.reap_locked();
-      if (im.applying.empty() && im.head_stage == Impl::HeadStage::kNone) return Status::ok();
+      std::lock_guard<std::mutex> l(mu);
+      if (!healthy) return refuse_locked();
+      reap_locked();
+      if (applying.empty() && head_stage == HeadStage::kNone) return Status::ok();
     }
-    im.group->poll();
-    im.turn();
+    group->poll();
+    turn();
   }
 }
 
@@ -797,5 +848,346 @@ StoreStats Store::stats() const {
   return impl_->stats;
 }
 prim::Group& Store::group() { return *impl_->group; }
+
+
+// ---- membership: the record, reconfiguration, joins, fencing -------------------------------------
+namespace {
+bool chain_failure(const Status& s) {
+  return s.code() == StatusCode::kUnavailable || s.code() == StatusCode::kDeadlineExceeded ||
+         s.code() == StatusCode::kDataLoss;
+}
+std::string tenant_text(uint32_t t) { return "tenant " + std::to_string(t); }
+}  // namespace
+
+// The first record (the given replicas, epoch 1) or a takeover of the one
+// there (epoch + 1, owner = us; a replica left syncing never finished its
+// join and is marked offline). REQUIRES: life exclusive (or not shared yet).
+Status Store::Impl::take_membership() {
+  const MembershipOptions& m = o.membership;
+  coord::ConfigStore& cs = *m.config;
+  if (m.min_replicas < 1) return invalid_argument("MembershipOptions::min_replicas must be at least 1");
+  for (int attempt = 0; attempt < 16; ++attempt) {
+    Result<coord::Versioned> now = cs.read(o.tenant);
+    if (now.status().code() == StatusCode::kNotFound) {
+      coord::TenantConfig first;
+      first.epoch = 1;
+      first.owner = m.owner;
+      for (const auto& name : hosts.empty() ? endpoints : o.membership.names)
+        first.chain.push_back({name, coord::ReplicaState::kServing});
+      HL_RETURN_IF_ERROR(coord::check_config(first));
+      Result<int64_t> v = cs.create(o.tenant, first);
+      if (v.status().code() == StatusCode::kAlreadyExists) continue;  // another client was first: take it over
+      HL_RETURN_IF_ERROR(v.status());
+      record = {first, *v};
+      return use_chain(first);
+    }
+    HL_RETURN_IF_ERROR(now.status());
+    coord::TenantConfig next = now->config;
+    next.epoch = now->config.epoch + 1;
+    next.owner = m.owner;
+    for (auto& e : next.chain)
+      if (e.state == coord::ReplicaState::kSyncing) e.state = coord::ReplicaState::kOffline;
+    HL_RETURN_IF_ERROR(coord::check_config(next));
+    Result<int64_t> v = cs.compare_and_set(o.tenant, *now, next);
+    if (v.status().code() == StatusCode::kAborted) continue;  // another writer won: read again
+    HL_RETURN_IF_ERROR(v.status());
+    record = {next, *v};
+    log(LogLevel::kInfo, "txn", "tenant_taken_over",
+        {{"tenant", o.tenant}, {"epoch", next.epoch}, {"owner", m.owner}, {"previous_owner", now->config.owner}});
+    return use_chain(next);
+  }
+  return Status(StatusCode::kAborted, tenant_text(o.tenant) + ": the record kept changing over 16 attempts to take it over");
+}
+
+// The chain the next group is built on: the record's serving replicas in
+// order, then `joining` (a replica being added at the tail).
+Status Store::Impl::use_chain(const coord::TenantConfig& c, const std::string& joining) {
+  std::vector<std::string> names;
+  for (const auto& e : c.chain)
+    if (e.state == coord::ReplicaState::kServing) names.push_back(e.endpoint);
+  if (!joining.empty()) names.push_back(joining);
+  if (names.empty()) return unavailable(tenant_text(o.tenant) + ": its record has no serving replica");
+  if (names.size() > prim::kMaxReplicas)
+    return Status(StatusCode::kResourceExhausted, "a chain has at most " + std::to_string(prim::kMaxReplicas) + " replicas");
+  if (directory.empty()) {
+    endpoints = std::move(names);
+    return Status::ok();
+  }
+  std::vector<prim::ReplicaHost*> chain;
+  for (const auto& n : names) {
+    auto it = directory.find(n);
+    if (it == directory.end())
+      return failed_precondition(tenant_text(o.tenant) + ": its record names replica " + n +
+                                 ", which is not among the hosts this store was given (MembershipOptions::names)");
+    chain.push_back(it->second);
+  }
+  hosts = std::move(chain);
+  return Status::ok();
+}
+
+// REQUIRES: life exclusive.
+Status Store::Impl::fence_locked(std::string why) {
+  group.reset();
+  std::lock_guard<std::mutex> l(mu);
+  if (!fenced) {
+    fenced = true;
+    fenced_reason = std::move(why);
+    log(LogLevel::kWarn, "txn", "store_fenced", {{"tenant", o.tenant}, {"reason", fenced_reason}});
+  }
+  healthy = false;
+  broken_reason = fenced_reason;
+  return refuse_locked();
+}
+
+// Whether replica `name` answers: a one-replica group at the record's epoch
+// and an RDMA READ of its heartbeat word, each bounded by probe_timeout_ns.
+// REQUIRES: life exclusive, no group of ours on it (dropped before).
+Status Store::Impl::probe(const std::string& name) {
+  prim::GroupOptions g = o.group;
+  g.tenant = o.tenant;
+  g.region_size = lay.region;
+  g.epoch = record.config.epoch;
+  g.slots = 2;
+  g.rearm_batch = 1;
+  g.staging_bytes = 4096;
+  g.op_timeout_ns = std::max<uint64_t>(o.membership.probe_timeout_ns, 1'000'000);
+  g.control_timeout_ns = std::max<uint64_t>(o.membership.probe_timeout_ns, 1'000'000'000);  // TCP + auth on a busy host
+  Result<std::unique_ptr<prim::Group>> one = unavailable("probe: no group");
+  if (directory.empty()) {
+    const std::string ep[1] = {name};
+    one = prim::Group::connect(*device, ep, g);
+  } else {
+    prim::ReplicaHost* h[1] = {directory.at(name)};
+    one = prim::Group::create(*device, h, g);
+  }
+  HL_RETURN_IF_ERROR(one.status());
+  return (*one)->heartbeat(0, o.membership.probe_timeout_ns).status();
+}
+
+// REQUIRES: life exclusive.
+Status Store::Impl::reconfigure_locked() {
+  if (!has_membership()) return failed_precondition("reconfigure: the store has no membership (StoreOptions::membership)");
+  if (fenced) {
+    std::lock_guard<std::mutex> l(mu);
+    return refuse_locked();
+  }
+  const uint64_t t0 = now();
+  {
+    std::lock_guard<std::mutex> l(mu);
+    break_locked("reconfiguring");
+  }
+  group.reset();  // our members are dropped wherever they can be
+  applying.clear();
+  head_stage = HeadStage::kNone;
+  coord::ConfigStore& cs = *o.membership.config;
+  Result<coord::Versioned> now_rec = cs.read(o.tenant);
+  HL_RETURN_IF_ERROR(now_rec.status());
+  if (now_rec->version != record.version || now_rec->config.owner != o.membership.owner)
+    return fence_locked(tenant_text(o.tenant) + " was taken over: its record is at epoch " +
+                        std::to_string(now_rec->config.epoch) + ", owned by " +
+                        (now_rec->config.owner.empty() ? std::string("nobody") : now_rec->config.owner));
+  // Ask every serving replica.
+  coord::TenantConfig next = record.config;
+  uint32_t alive = 0, serving = 0;
+  std::string dead_list;
+  for (auto& e : next.chain) {
+    if (e.state != coord::ReplicaState::kServing) continue;
+    ++serving;
+    const Status p = probe(e.endpoint);
+    if (p.code() == StatusCode::kPermissionDenied)
+      return fence_locked(tenant_text(o.tenant) + ": replica " + e.endpoint + " refuses epoch " +
+                          std::to_string(record.config.epoch) + ": " + p.to_string());
+    if (p.is_ok()) {
+      ++alive;
+      continue;
+    }
+    e.state = coord::ReplicaState::kOffline;
+    dead_list += (dead_list.empty() ? "" : ", ") + e.endpoint + " (" + p.to_string() + ")";
+  }
+  if (alive < o.membership.min_replicas) {
+    std::lock_guard<std::mutex> l(mu);
+    broken_reason = "only " + std::to_string(alive) + " of " + std::to_string(serving) +
+                    " replicas answer, fewer than min_replicas " + std::to_string(o.membership.min_replicas) +
+                    (dead_list.empty() ? "" : ": " + dead_list);
+    return unavailable(broken_reason);
+  }
+  if (alive < serving) {
+    next.epoch = record.config.epoch + 1;
+    Result<int64_t> v = cs.compare_and_set(o.tenant, record, next);
+    if (v.status().code() == StatusCode::kAborted)
+      return fence_locked(tenant_text(o.tenant) + "'s record changed under this store's reconfiguration");
+    HL_RETURN_IF_ERROR(v.status());
+    {
+      std::lock_guard<std::mutex> l(mu);
+      record = {next, *v};
+      stats.replicas_removed += serving - alive;
+    }
+    log(LogLevel::kWarn, "txn", "replicas_removed",
+        {{"tenant", o.tenant}, {"epoch", next.epoch}, {"removed", dead_list}, {"serving", alive}});
+  }
+  HL_RETURN_IF_ERROR(use_chain(record.config));
+  RecoveryOptions how;
+  how.allow_resize = true;
+  HL_RETURN_IF_ERROR(recover_locked(how));
+  std::lock_guard<std::mutex> l(mu);
+  ++stats.reconfigurations;
+  stats.last_reconfigure_ns = now() - t0;
+  return Status::ok();
+}
+
+// What kReconfigure does after a call met a broken chain: reconfigures once
+// (unless another thread already did) and returns the call's own error.
+Status Store::Impl::heal_after(Status failed) {
+  if (failed.is_ok() || !chain_failure(failed) || !has_membership() ||
+      o.membership.on_failure != FailurePolicy::kReconfigure)
+    return failed;
+  std::unique_lock<std::shared_mutex> life_lock(life);
+  {
+    std::lock_guard<std::mutex> l(mu);
+    if (healthy || fenced) return failed;
+  }
+  const Status r = reconfigure_locked();
+  if (!r.is_ok())
+    log(LogLevel::kWarn, "txn", "reconfigure_failed", {{"tenant", o.tenant}, {"reason", r.to_string()}});
+  return failed;
+}
+
+Status Store::Impl::add_replica(const std::string& name, prim::ReplicaHost* host) {
+  if (!has_membership()) return failed_precondition("add_replica: the store has no membership (StoreOptions::membership)");
+  coord::ConfigStore& cs = *o.membership.config;
+  coord::TenantConfig joined;
+  uint32_t position = 0;
+  {  // 1. The record: the replica joins as syncing, at the tail, under a new epoch.
+    std::unique_lock<std::shared_mutex> life_lock(life);
+    {
+      std::lock_guard<std::mutex> l(mu);
+      if (fenced || !healthy || !group) return refuse_locked();
+    }
+    if (directory.empty() != (host == nullptr))
+      return invalid_argument(directory.empty() ? "add_replica: a store over daemons names a replica by endpoint, with no host"
+                                                : "add_replica: a store over in-process hosts needs the replica's host");
+    coord::TenantConfig next = record.config;
+    uint32_t serving = 0;
+    for (const auto& e : next.chain) {
+      if (e.state == coord::ReplicaState::kServing) ++serving;
+      if (e.endpoint == name && e.state == coord::ReplicaState::kServing)
+        return Status(StatusCode::kAlreadyExists, "add_replica: " + name + " already serves " + tenant_text(o.tenant));
+    }
+    if (serving + 1 > prim::kMaxReplicas)
+      return Status(StatusCode::kResourceExhausted, "add_replica: a chain has at most " +
+                                                        std::to_string(prim::kMaxReplicas) + " replicas");
+    std::erase_if(next.chain, [&](const coord::ReplicaEntry& e) { return e.endpoint == name; });
+    next.chain.push_back({name, coord::ReplicaState::kSyncing});
+    next.epoch = record.config.epoch + 1;
+    HL_RETURN_IF_ERROR(coord::check_config(next));
+    if (host) {
+      auto [it, fresh] = directory.emplace(name, host);
+      if (!fresh && it->second != host)
+        return invalid_argument("add_replica: the name " + name + " belongs to another host of this store");
+      if (fresh) holds.emplace_back(*host);
+    }
+    Result<int64_t> v = cs.compare_and_set(o.tenant, record, next);
+    if (v.status().code() == StatusCode::kAborted)
+      return fence_locked(tenant_text(o.tenant) + "'s record changed: another client took the tenant over");
+    HL_RETURN_IF_ERROR(v.status());
+    std::lock_guard<std::mutex> l(mu);
+    record = {next, *v};
+    joined = next;
+    position = serving;
+  }
+  // 2. Transfer, while the chain commits: the tail's region, chunk by chunk,
+  // into the new replica over a group of its own (at the new epoch).
+  {
+    std::shared_lock<std::shared_mutex> life_lock(life);
+    if (!group) {
+      std::lock_guard<std::mutex> l(mu);
+      return refuse_locked();
+    }
+    prim::GroupOptions g = o.group;
+    g.tenant = o.tenant;
+    g.region_size = lay.region;
+    g.epoch = joined.epoch;
+    Result<std::unique_ptr<prim::Group>> copy = unavailable("add_replica: no group");
+    if (host) {
+      prim::ReplicaHost* h[1] = {host};
+      copy = prim::Group::create(*device, h, g);
+    } else {
+      const std::string ep[1] = {name};
+      copy = prim::Group::connect(*device, ep, g);
+    }
+    HL_RETURN_IF_ERROR(copy.status());
+    const size_t chunk = std::min<size_t>(kChunk, o.group.staging_bytes);
+    std::vector<std::byte> buf(chunk);
+    std::deque<prim::Op> ops;
+    const uint32_t ref = group->replicas() - 1;
+    for (uint64_t at = 0; at < lay.region; at += chunk) {
+      const size_t len = std::min<uint64_t>(chunk, lay.region - at);
+      HL_RETURN_IF_ERROR(group->read(ref, at, {buf.data(), len}));
+      HL_RETURN_IF_ERROR((*copy)->write(ops.emplace_back(), at, {buf.data(), len}));
+      if (ops.size() >= 8) {
+        HL_RETURN_IF_ERROR((*copy)->wait(ops.front()));
+        ops.pop_front();
+      }
+    }
+    HL_RETURN_IF_ERROR((*copy)->flush(ops.emplace_back(), 0, lay.region));
+    for (auto& op : ops) HL_RETURN_IF_ERROR((*copy)->wait(op));
+    std::lock_guard<std::mutex> l(mu);
+    stats.transferred_bytes += lay.region;
+  }
+  // 3. Catch-up: the chain is rebuilt with the replica at its tail and
+  // recovered (what changed during the transfer is resynchronised); then the
+  // record marks it serving.
+  std::unique_lock<std::shared_mutex> life_lock(life);
+  const uint64_t t0 = now();
+  {
+    std::lock_guard<std::mutex> l(mu);
+    if (fenced) return refuse_locked();
+  }
+  HL_RETURN_IF_ERROR(use_chain(record.config, name));
+  RecoveryOptions how;
+  how.allow_resize = true;
+  how.reseed_mask = 1u << position;
+  HL_RETURN_IF_ERROR(recover_locked(how));
+  coord::TenantConfig next = record.config;
+  for (auto& e : next.chain)
+    if (e.endpoint == name) e.state = coord::ReplicaState::kServing;
+  next.epoch = record.config.epoch + 1;
+  Result<int64_t> v = cs.compare_and_set(o.tenant, record, next);
+  if (v.status().code() == StatusCode::kAborted)
+    return fence_locked(tenant_text(o.tenant) + "'s record changed: another client took the tenant over");
+  HL_RETURN_IF_ERROR(v.status());
+  std::lock_guard<std::mutex> l(mu);
+  record = {next, *v};
+  ++stats.replicas_added;
+  stats.last_join_pause_ns = now() - t0;
+  log(LogLevel::kInfo, "txn", "replica_added", {{"tenant", o.tenant}, {"epoch", next.epoch}, {"replica", name}});
+  return Status::ok();
+}
+
+Status Store::reconfigure() {
+  std::unique_lock<std::shared_mutex> life_lock(impl_->life);
+  return impl_->reconfigure_locked();
+}
+
+Status Store::add_replica(const std::string& name, prim::ReplicaHost* host) { return impl_->add_replica(name, host); }
+
+Result<bool> Store::outcome(const TxnId& t) const {
+  if (t.is_zero()) return invalid_argument("outcome: a zero transaction id");
+  std::lock_guard<std::mutex> l(impl_->mu);
+  for (const auto& [e, end] : impl_->ended)
+    if (e == t.epoch) return t.lsn < end;
+  if (t.epoch == impl_->epoch && impl_->healthy && t.lsn < impl_->applied_lsn) return true;
+  return not_found("outcome: transaction " + std::to_string(t.epoch) + ":" + std::to_string(t.lsn) +
+                   " is of an epoch no recovery of this store has ended");
+}
+
+coord::TenantConfig Store::membership() const {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  return impl_->record.config;
+}
+uint64_t Store::epoch() const {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  return impl_->record.config.epoch;
+}
 
 }  // namespace hyperloop::txn

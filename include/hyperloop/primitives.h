@@ -255,6 +255,15 @@ class Group {
   // the group (its late completion could be taken for a later READ's).
   Status read(uint32_t replica, uint64_t offset, std::span<std::byte> dst);
 
+  // The heartbeat counter of one replica's member, which its host's agent
+  // bumps on every turn, read with RDMA READ over the direct line (no
+  // replica CPU): a liveness probe. Two reads that return the same value a
+  // few agent turns apart mean the host's agent is not running (a crash, a
+  // stopped process); a READ that is not answered within
+  // min(timeout_ns, op_timeout) is kDeadlineExceeded and breaks the group
+  // (as read does). Errors: kOutOfRange, kUnavailable (group broken).
+  Result<uint64_t> heartbeat(uint32_t replica, uint64_t timeout_ns = UINT64_MAX);
+
   // Progress: takes acknowledgements, completes operations in order, fails
   // them when the chain broke or op_timeout passed. Returns ops completed.
   size_t poll();

@@ -94,6 +94,45 @@
 //   So: a commit that returned OK is never lost (its record was durable on all
 //   replicas), and a transaction is all-or-nothing on every replica.
 //
+// ---- Membership, reconfiguration and fencing (StoreOptions::membership) -------
+//   Without a ConfigStore the chain is the list of replicas given to
+//   open/connect, and a failure stops the store until recover(). With one,
+//   the tenant's record there (hyperloop/coord.h) is the truth: its epoch,
+//   its chain, the client that owns it.
+//   open/connect: the record is created from the given replicas (epoch 1) or,
+//     if it exists, taken over: compare-and-set to {epoch + 1, owner = this
+//     client}. The chain is then the record's serving replicas (replicas
+//     given to open() are only where to find them, by MembershipOptions::
+//     names; connect() names replicas by endpoint). Every group the store
+//     builds carries the record's epoch (prim::GroupOptions::epoch), so each
+//     replica fences the previous owner's members before this client reads
+//     or writes anything; recovery then resolves the previous owner's
+//     in-doubt transactions, all or nothing (outcome() tells which).
+//   A failure (a replica or link dies, a commit finds the chain broken):
+//     kFailFast: as without membership, kUnavailable until reconfigure().
+//     kReconfigure: the call that met the failure returns its error (a
+//     commit's outcome in doubt, as always) and, before it returns, the
+//     store runs reconfigure(): every replica of the chain is asked, within
+//     probe_timeout_ns, whether it is alive (an RDMA READ of the heartbeat
+//     word its agent bumps); those that do not answer are marked offline in
+//     the record under a new epoch; the chain is rebuilt over the rest and
+//     recovered. Calls made meanwhile wait for it. The next call runs on the
+//     new chain. Fewer live replicas than min_replicas: the record is left
+//     alone and the store refuses work (kUnavailable naming the count)
+//     until reconfigure() finds enough: durability is never silently
+//     weaker than min_replicas copies.
+//   add_replica: a replacement joins at the tail. It is marked syncing in the
+//     record (new epoch) and gets a copy of the reference replica's region
+//     while the chain keeps committing (transfer); then the store pauses
+//     (calls wait), rebuilds the chain with it at the tail and runs recovery,
+//     which brings over whatever changed during the transfer (catch-up); it
+//     is then marked serving (another epoch).
+//   Fenced: a store that finds the record owned by another client, or a
+//     replica refusing its epoch, has been taken over. It fences itself:
+//     every call returns kPermissionDenied from then on, and nothing it
+//     issued after the takeover is applied on any replica (the replicas
+//     destroyed its queue pairs).
+//
 // ---- Errors a caller can see ------------------------------------------------
 //   kInvalidArgument   bad options, too many ranges in a write set, a read
 //                      or write of length 0, a finished transaction
@@ -120,6 +159,8 @@
 //   kFailedPrecondition recovery on another replica count than the store's
 //                      (RecoveryOptions::allow_resize)
 //   kDeadlineExceeded  as kUnavailable (an operation timed out)
+//   kPermissionDenied  the tenant was taken over by another client (membership):
+//                      final for this store
 //   plus the errors of Group::create / Group::connect from open/recover.
 //
 // ---- Thread-safety ---------------------------------------------------------
@@ -145,6 +186,7 @@
 #include <vector>
 
 #include "hyperloop/clock.h"
+#include "hyperloop/coord.h"
 #include "hyperloop/primitives.h"
 #include "hyperloop/status.h"
 
@@ -173,6 +215,39 @@ struct RecoveryOptions {
   bool allow_resize = false;
 };
 
+// What a store does when its chain breaks (see "Membership" above).
+enum class FailurePolicy : uint8_t {
+  kFailFast,     // refuse work (kUnavailable) until recover() or reconfigure()
+  kReconfigure,  // rebuild the chain without the replicas that do not answer
+};
+
+struct MembershipOptions {
+  // Where the tenant's record lives; null: no membership (epoch 0, the
+  // chain is the replicas given, failures stop the store). Not owned: it
+  // must outlive the store.
+  coord::ConfigStore* config = nullptr;
+  // This client's name in the record (coord::check_config's rules).
+  std::string owner;
+  // Store::open only: the record's name of each host given to open, in the
+  // same order (Store::connect names each replica by its endpoint).
+  std::vector<std::string> names;
+  FailurePolicy on_failure = FailurePolicy::kFailFast;
+  // Serving replicas below which the store refuses to commit (>= 1).
+  uint32_t min_replicas = 1;
+  // Bound on asking one replica whether it is alive.
+  uint64_t probe_timeout_ns = 20'000'000;
+};
+
+// A transaction's id: the store epoch it committed in (the recovery epoch
+// carried by its record) and its log sequence number. Given by
+// Transaction::commit (Transaction::id) whenever the record was issued,
+// whatever commit returned, so that an in-doubt commit can be settled later.
+struct TxnId {
+  uint64_t epoch = 0, lsn = 0;
+  bool is_zero() const { return lsn == 0; }
+  bool operator==(const TxnId&) const = default;
+};
+
 struct StoreOptions {
   uint32_t tenant = 0;
   size_t data_size = 256 << 10;   // bytes of the data area
@@ -185,6 +260,9 @@ struct StoreOptions {
   int read_replica = -1;
   // For the recovery that Store::open / Store::connect run.
   RecoveryOptions recovery;
+  // The tenant's record in a coordination service: reconfiguration,
+  // takeover and fencing (see "Membership" above).
+  MembershipOptions membership;
   // The group underneath (mode, slots, staging, op_timeout, clock, progress).
   // group.tenant and group.region_size are set by the store.
   prim::GroupOptions group;
@@ -217,6 +295,10 @@ class Transaction {
   void abort();
 
   bool active() const { return store_ != nullptr; }
+  // After commit(): the id of its record if one was issued (zero for a
+  // read-only commit or one refused before anything was sent). Pass it to
+  // Store::outcome to learn whether an in-doubt commit took effect.
+  TxnId id() const { return id_; }
   // Distinct stripes read / bytes buffered for writing so far.
   size_t read_set_size() const { return reads_.size(); }
   size_t write_bytes() const;
@@ -232,6 +314,7 @@ class Transaction {
     uint64_t version;
   };
   Store* store_ = nullptr;
+  TxnId id_;
   std::vector<Write> writes_;
   std::vector<Read> reads_;
 };
@@ -246,6 +329,12 @@ struct StoreStats {
   uint64_t recoveries = 0;
   uint64_t replayed_records = 0;  // by recoveries
   uint64_t resynced_bytes = 0;    // replica bytes overwritten by recoveries
+  uint64_t reconfigurations = 0;  // reconfigure() runs that rebuilt the chain
+  uint64_t replicas_removed = 0;  // marked offline by them
+  uint64_t replicas_added = 0;    // joins (add_replica) completed
+  uint64_t transferred_bytes = 0;  // copied to joining replicas while the chain committed
+  uint64_t last_reconfigure_ns = 0;  // the last reconfigure(): from its start to serving again
+  uint64_t last_join_pause_ns = 0;   // the last join's catch-up, while calls waited
 };
 
 class Store {
@@ -289,6 +378,36 @@ class Store {
   void poll();
   // Waits until every committed transaction is applied on every replica.
   Status drain();
+
+  // Rebuilds the chain from the tenant's record without the replicas that do
+  // not answer within probe_timeout_ns (marked offline under a new epoch),
+  // and recovers. What kReconfigure runs by itself. Errors: kFailedPrecondition
+  // (no membership), kPermissionDenied (taken over: the store is fenced),
+  // kUnavailable (fewer than min_replicas answer; the record is unchanged),
+  // the record store's errors, recovery's errors.
+  Status reconfigure();
+  // A replacement replica joins at the tail (see "Membership" above): `name`
+  // as the record will call it; `host` the in-process host for a store made
+  // by open(), null for connect() (name is then the daemon's endpoint). The
+  // host must have the tenant registered with region_bytes(). Its region is
+  // overwritten. Errors: kFailedPrecondition (no membership), kAlreadyExists
+  // (already serving), kInvalidArgument, kResourceExhausted (kMaxReplicas),
+  // kPermissionDenied (fenced), and those of reconfigure().
+  Status add_replica(const std::string& name, prim::ReplicaHost* host = nullptr);
+
+  // Whether the transaction `id` committed: true if its record is durable,
+  // false if it was discarded. Known for this store's own transactions that
+  // returned OK (true), and for every transaction of an epoch that one of
+  // this store's recoveries ended (a previous owner's, or this store's own
+  // before a reconfiguration). kNotFound for an epoch no recovery of this
+  // store ended (ask after reconfigure(), or the store that ended it);
+  // kInvalidArgument for a zero id.
+  Result<bool> outcome(const TxnId& id) const;
+
+  // The membership as this store last wrote or read it (epoch 0 and an
+  // empty chain without membership): its epoch, owner, chain and states.
+  coord::TenantConfig membership() const;
+  uint64_t epoch() const;
 
   bool healthy() const;
   // The store's identity (zero until a recovery succeeded).
