@@ -122,6 +122,29 @@ Status check_data_range(const Layout& lay, uint64_t offset, uint64_t len, const 
   return Status::ok();
 }
 
+namespace {
+uint64_t epoch_entry_check(uint64_t epoch, uint64_t end) { return mix64(0xE70C7AB1Eull ^ mix64(epoch) ^ (end * 0x9E3779B97F4A7C15ull)); }
+}  // namespace
+
+std::vector<std::pair<uint64_t, uint64_t>> ended_epochs(std::span<const std::byte> image) {
+  std::vector<std::pair<uint64_t, uint64_t>> out;
+  if (image.size() < kEpochTableOff + kEpochTableEntries * kEpochEntryBytes) return out;
+  for (size_t i = 0; i < kEpochTableEntries; ++i) {
+    const std::byte* p = image.data() + kEpochTableOff + i * kEpochEntryBytes;
+    const uint64_t e = load(p), end = load(p + 8), check = load(p + 16);
+    if (e != 0 && e % kEpochTableEntries == i && check == epoch_entry_check(e, end)) out.emplace_back(e, end);
+  }
+  return out;
+}
+
+void record_ended_epoch(std::span<std::byte> image, uint64_t epoch, uint64_t end_lsn) {
+  std::byte* p = image.data() + kEpochTableOff + (epoch % kEpochTableEntries) * kEpochEntryBytes;
+  store(p, epoch);
+  store(p + 8, end_lsn);
+  store(p + 16, epoch_entry_check(epoch, end_lsn));
+  store(p + 24, 0);
+}
+
 Head make_head(uint64_t lsn, uint64_t pos, uint64_t epoch) {
   return {lsn, pos, epoch, mix64(kHeadMagic ^ mix64(lsn) ^ (pos * 31) ^ mix64(epoch ^ 0xE90C4ull))};
 }
@@ -350,6 +373,7 @@ Result<Plan> plan_recovery(const Layout& lay, const std::vector<std::vector<std:
   plan.head_slot = best_slot ^ 1;
   plan.epoch = max_epoch + 1;
   plan.ended_epoch = best.epoch;
+  record_ended_epoch(plan.target, plan.ended_epoch, plan.head_lsn);
   const Head h = make_head(lsn, pos, plan.epoch);
   std::memcpy(plan.target.data() + head_slot_offset(plan.head_slot), &h, sizeof h);
   return plan;

@@ -19,6 +19,13 @@ namespace hyperloop::txn::internal {
 inline constexpr size_t kSuperBytes = 4096;  // superblock: format block + head slots
 inline constexpr size_t kFormatBytes = 128;  // the format block at [0, 128)
 inline constexpr size_t kHeadOff = 128;      // head slot k at kHeadOff + 64 * k (k = 0, 1)
+// The epoch table at [1024, 3072): which LSNs each ended epoch committed.
+// Entry (epoch mod 64) is {epoch, end LSN, check}: the epoch's records below
+// end LSN are committed, the rest never (Store::outcome). Written by the
+// recovery that ends the epoch, with its new head.
+inline constexpr size_t kEpochTableOff = 1024;
+inline constexpr size_t kEpochTableEntries = 64;
+inline constexpr size_t kEpochEntryBytes = 32;
 inline constexpr size_t kAlign = 64;         // records start and end on 64-byte lines
 inline constexpr size_t kChunk = 4096;       // recovery compares and rewrites this much at a time
 inline constexpr uint64_t kLocked = 1ull << 63;
@@ -55,6 +62,10 @@ struct Head {
   uint64_t check = 0;
 };
 Head make_head(uint64_t lsn, uint64_t pos, uint64_t epoch);
+// The epoch table of a region image (its first kSuperBytes at least): the
+// valid entries as (epoch, end LSN), in no particular order.
+std::vector<std::pair<uint64_t, uint64_t>> ended_epochs(std::span<const std::byte> image);
+void record_ended_epoch(std::span<std::byte> image, uint64_t epoch, uint64_t end_lsn);
 inline uint64_t head_slot_offset(uint32_t slot) { return kHeadOff + 64 * slot; }
 template <typename T>
 std::span<const std::byte> as_bytes(const T& v) {

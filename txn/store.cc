@@ -666,10 +666,7 @@ Status Store::Impl::recover_steps(const RecoveryOptions& how, std::deque<prim::O
   head_slot_next = plan.head_slot ^ 1;
   id = plan.id;
   epoch = plan.epoch;
-  if (plan.ended_epoch != 0) {
-    ended.emplace_back(plan.ended_epoch, plan.head_lsn);
-    if (ended.size() > 64) ended.erase(ended.begin());
-  }
+  ended = ended_epochs(plan.target);  // the store's own table: every client's recoveries
   ++stats.recoveries;
   stats.replayed_records += plan.replayed;
   if (plan.reference >= 0) stats.resynced_bytes += resynced_replicas;

@@ -8,9 +8,12 @@
 //
 // ---- Layout of the tenant's region (identical on every replica) ------------
 //   [0, 4 KiB)             superblock: the format block (magic, sizes, the
-//                          store's id, its replica count, checksum) and two
+//                          store's id, its replica count, checksum), two
 //                          log-head slots {lsn, pos, epoch, check}, written
-//                          alternately so a torn head write is never used
+//                          alternately so a torn head write is never used,
+//                          and the epoch table: for each of the last 64
+//                          ended epochs {epoch, end LSN, check}, written by
+//                          the recovery that ended it (Store::outcome)
 //   [4 KiB, +log_size)     the redo log, a ring of 64-byte-aligned records
 //   [.., +8 * stripes)     the lock table: one 8-byte word per stripe of
 //                          stripe_bytes bytes of the data area
@@ -396,12 +399,13 @@ class Store {
   Status add_replica(const std::string& name, prim::ReplicaHost* host = nullptr);
 
   // Whether the transaction `id` committed: true if its record is durable,
-  // false if it was discarded. Known for this store's own transactions that
-  // returned OK (true), and for every transaction of an epoch that one of
-  // this store's recoveries ended (a previous owner's, or this store's own
-  // before a reconfiguration). kNotFound for an epoch no recovery of this
-  // store ended (ask after reconfigure(), or the store that ended it);
-  // kInvalidArgument for a zero id.
+  // false if it was discarded. Known for every transaction of an epoch that
+  // a recovery has ended (any client's: the store keeps the last 64 ended
+  // epochs' end LSNs in its superblock), which covers every in-doubt commit
+  // of a previous owner once this store has opened; and for this store's
+  // own commits of the running epoch that have been applied (true).
+  // kNotFound otherwise (an in-doubt commit of the running epoch: ask after
+  // the next recovery or reconfigure()); kInvalidArgument for a zero id.
   Result<bool> outcome(const TxnId& id) const;
 
   // The membership as this store last wrote or read it (epoch 0 and an
