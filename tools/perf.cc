@@ -43,6 +43,7 @@
 #include <thread>
 #include <vector>
 
+#include "tool_util.h"
 #include "hyperloop/primitives.h"
 #include "hyperloop/rnic.h"
 #include "hyperloop/soft_rnic.h"
@@ -51,6 +52,7 @@
 using namespace hyperloop;
 
 namespace {
+using hyperloop::tools::parse_hex;
 
 using prim::ForwardMode;
 using prim::Group;
@@ -148,22 +150,6 @@ bool parse_number(std::string_view text, uint64_t* out) {
   return true;
 }
 
-bool parse_hex(std::string_view hex, std::string* out) {
-  if (hex.empty() || hex.size() % 2) return false;
-  auto nib = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
-  out->clear();
-  for (size_t i = 0; i < hex.size(); i += 2) {
-    const int hi = nib(hex[i]), lo = nib(hex[i + 1]);
-    if (hi < 0 || lo < 0) return false;
-    out->push_back(char(hi << 4 | lo));
-  }
-  return true;
-}
 
 std::vector<std::string> split(std::string_view s, char sep) {
   std::vector<std::string> parts;

@@ -63,6 +63,7 @@
 #include <vector>
 
 #include "control.h"
+#include "tool_util.h"
 #include "hyperloop/log.h"
 #include "hyperloop/primitives.h"
 #include "hyperloop/rnic.h"
@@ -71,6 +72,7 @@
 using namespace hyperloop;
 
 namespace {
+using hyperloop::tools::parse_hex;
 
 struct TenantConfig {
   uint32_t id;
@@ -93,23 +95,6 @@ struct Config {
 
 constexpr size_t kMinSecretBytes = 16;
 
-// Hex text to bytes; false if it is not an even number of hex digits.
-bool parse_hex(std::string_view hex, std::string* out) {
-  if (hex.empty() || hex.size() % 2) return false;
-  out->clear();
-  auto nib = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
-  for (size_t i = 0; i < hex.size(); i += 2) {
-    const int hi = nib(hex[i]), lo = nib(hex[i + 1]);
-    if (hi < 0 || lo < 0) return false;
-    out->push_back(char(hi << 4 | lo));
-  }
-  return true;
-}
 
 // secret=HEX or secret_file=PATH (the file holds hex; mode must deny group/other).
 Status parse_secret(const std::string& spec, const std::string& where, const std::string& id, std::string* out) {
