@@ -667,6 +667,12 @@ size_t Group::in_flight() const {
   std::lock_guard<std::mutex> l(impl_->mu);
   return impl_->inflight.size();
 }
+void Group::fail(Status why) {
+  if (why.is_ok()) why = unavailable("Group::fail");
+  std::lock_guard<std::mutex> l(impl_->mu);
+  impl_->fail_all(std::move(why));
+}
+
 bool Group::broken() const {
   std::lock_guard<std::mutex> l(impl_->mu);
   return impl_->broken;

@@ -40,6 +40,7 @@ class FailoverTest : public ::testing::TestWithParam<ForwardMode> {
     so.membership.on_failure = FailurePolicy::kReconfigure;
     so.membership.min_replicas = min_replicas;
     so.membership.probe_timeout_ns = 2'000'000;
+    so.membership.heartbeat_interval_ns = 0;  // the manual clock: no monitor thread
     return so;
   }
   // Every host in `hosts`: its data area equals the model.
@@ -183,6 +184,8 @@ TEST_P(FailoverTest, AJoinWhileAnotherThreadCommitsLosesNothing) {
   Rig rig(o);
   StoreOptions so = with_membership(rig, "client-a");
   so.membership.probe_timeout_ns = 200'000'000;
+  so.membership.heartbeat_interval_ns = 10'000'000;  // real threads: the monitor runs
+  so.membership.heartbeat_timeout_ns = 500'000'000;
   auto store = must(rig.try_open(so), "Store::open");
   HL_ASSERT_OK(store->reconfigure());  // all answer: the same chain, the same epoch
   EXPECT_EQ(store->epoch(), 1u);

@@ -158,6 +158,7 @@ class Sim {
     opts_.membership.on_failure = txn::FailurePolicy::kReconfigure;
     opts_.membership.min_replicas = 2;
     opts_.membership.probe_timeout_ns = kProbeTimeoutNs;
+    opts_.membership.heartbeat_interval_ns = 0;  // the manual clock: no monitor thread
     region_ = Store::region_bytes(opts_);
     data_off_ = region_ - kDataSize;
   }

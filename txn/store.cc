@@ -16,6 +16,8 @@
 #include <shared_mutex>
 #include <string>
 #include <thread>
+#include <chrono>
+#include <condition_variable>
 #include <utility>
 #include <vector>
 
@@ -111,6 +113,22 @@ struct Store::Impl {
   Status heal_after(Status failed);
   Status add_replica(const std::string& name, prim::ReplicaHost* host);
   Status drain();
+
+  // The heartbeat monitor (MembershipOptions::heartbeat_interval_ns > 0).
+  std::thread monitor;
+  std::mutex monitor_mu;
+  std::condition_variable monitor_cv;
+  bool monitor_stop = false;  // guarded by monitor_mu
+  void run_monitor();
+  void stop_monitor() {
+    if (!monitor.joinable()) return;
+    {
+      std::lock_guard<std::mutex> l(monitor_mu);
+      monitor_stop = true;
+    }
+    monitor_cv.notify_all();
+    monitor.join();
+  }
   Status recover_steps(const RecoveryOptions& how, std::deque<prim::Op>& ops);
   // A wait for stripes that outlived lock_timeout_ns. Stripes are only ever
   // held by this store's own operations in the chain, so: if the chain
@@ -685,7 +703,9 @@ Store::~Store() {
                  static_cast<long long>(active));
     std::abort();
   }
-  // The group first: it may still use the Ops of in-flight commits.
+  // The monitor first (it uses the group), then the group: it may still use
+  // the Ops of in-flight commits.
+  if (impl_) impl_->stop_monitor();
   if (impl_) impl_->group.reset();
 }
 
@@ -729,7 +749,9 @@ Result<std::unique_ptr<Store>> Store::open(rnic::Device& client, std::span<prim:
 
 Result<std::unique_ptr<Store>> Store::connect(rnic::Device& client, std::span<const std::string> replicas,
                                               const StoreOptions& options) {
-  if (replicas.empty()) return invalid_argument("Store::connect: no replicas");
+  // With membership the record names the chain: replicas are only for a
+  // tenant that has no record yet.
+  if (replicas.empty() && !options.membership.config) return invalid_argument("Store::connect: no replicas");
   HL_ASSIGN_OR_RETURN(auto impl, new_impl(client, options));
   impl->endpoints.assign(replicas.begin(), replicas.end());
   return start(std::move(impl));
@@ -744,6 +766,8 @@ Result<std::unique_ptr<Store>> Store::start(std::unique_ptr<Impl> impl) {
     how.allow_resize = true;  // the record decides the chain
   }
   HL_RETURN_IF_ERROR(s->impl_->recover_locked(how));
+  if (s->impl_->has_membership() && s->impl_->o.membership.heartbeat_interval_ns > 0)
+    s->impl_->monitor = std::thread([im = s->impl_.get()] { im->run_monitor(); });
   return s;
 }
 
@@ -1159,6 +1183,73 @@ Status Store::Impl::add_replica(const std::string& name, prim::ReplicaHost* host
   stats.last_join_pause_ns = now() - t0;
   log(LogLevel::kInfo, "txn", "replica_added", {{"tenant", o.tenant}, {"epoch", next.epoch}, {"replica", name}});
   return Status::ok();
+}
+
+// The fast failure signal: every interval, each replica's heartbeat counter
+// by RDMA READ. A READ unanswered or a counter still for heartbeat_timeout_ns
+// breaks the chain; the policy then runs here, with no caller waiting.
+void Store::Impl::run_monitor() {
+  const auto interval = std::chrono::nanoseconds(o.membership.heartbeat_interval_ns);
+  const uint64_t timeout = std::max<uint64_t>(o.membership.heartbeat_timeout_ns, 1'000'000);
+  auto mono = [] {
+    return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                        std::chrono::steady_clock::now().time_since_epoch()).count());
+  };
+  std::vector<uint64_t> last, since;
+  const prim::Group* seen = nullptr;
+  uint64_t idle = 0;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> l(monitor_mu);
+      if (monitor_cv.wait_for(l, interval, [&] { return monitor_stop; })) return;
+    }
+    Status failed;
+    {
+      std::shared_lock<std::shared_mutex> life_lock(life, std::try_to_lock);
+      if (!life_lock.owns_lock()) continue;  // a reconfiguration is running
+      bool broken;
+      {
+        std::lock_guard<std::mutex> l(mu);
+        if (fenced) return;
+        broken = !healthy;
+      }
+      if (broken || !group) {
+        // Broken and nobody calling: heal now and then (each try probes every replica).
+        if (o.membership.on_failure == FailurePolicy::kReconfigure && ++idle % 10 == 0)
+          failed = unavailable("the chain is broken");
+      } else {
+        idle = 0;
+        const uint32_t n = group->replicas();
+        if (group.get() != seen) {
+          seen = group.get();
+          last.assign(n, UINT64_MAX);
+          since.assign(n, mono());
+        }
+        for (uint32_t i = 0; i < n && failed.is_ok(); ++i) {
+          Result<uint64_t> hb = group->heartbeat(i, timeout);
+          const uint64_t t = mono();
+          if (!hb.is_ok()) {
+            failed = unavailable("replica " + std::to_string(i) + " did not answer a heartbeat READ: " +
+                                 hb.status().to_string());
+          } else if (*hb != last[i]) {
+            last[i] = *hb;
+            since[i] = t;
+          } else if (t - since[i] > timeout) {
+            failed = unavailable("the heartbeat of replica " + std::to_string(i) + " has not moved for " +
+                                 std::to_string((t - since[i]) / 1'000'000) + " ms");
+          }
+        }
+        if (!failed.is_ok()) {
+          group->fail(failed);
+          std::lock_guard<std::mutex> l(mu);
+          break_locked(failed.message());
+          ++stats.heartbeat_failures;
+          log(LogLevel::kWarn, "txn", "heartbeat_failed", {{"tenant", o.tenant}, {"reason", failed.message()}});
+        }
+      }
+    }
+    if (!failed.is_ok()) (void)heal_after(failed);
+  }
 }
 
 Status Store::reconfigure() {

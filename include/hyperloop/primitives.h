@@ -271,6 +271,11 @@ class Group {
   // operation itself is still pending).
   Status wait(Op& op, uint64_t timeout_ns = UINT64_MAX);
 
+  // Breaks the group: every pending operation completes with `why` (an OK
+  // status becomes kUnavailable) and every later call is refused with it.
+  // For failure detectors (a replica whose heartbeat stopped). Thread-safe.
+  void fail(Status why);
+
   uint32_t replicas() const;
   size_t region_size() const;
   ForwardMode mode() const;

@@ -239,6 +239,17 @@ struct MembershipOptions {
   uint32_t min_replicas = 1;
   // Bound on asking one replica whether it is alive.
   uint64_t probe_timeout_ns = 20'000'000;
+  // The fast failure signal: a thread of the store reads every replica's
+  // heartbeat counter (prim::Group::heartbeat: RDMA READ, no replica CPU)
+  // every heartbeat_interval_ns. A READ not answered within
+  // heartbeat_timeout_ns, or a counter that has not moved for
+  // heartbeat_timeout_ns (the host's agent stopped), breaks the chain, and
+  // the thread runs the failure policy (kReconfigure: reconfigure() at once,
+  // with no caller waiting on the dead replica). 0: no thread; failures are
+  // then found by the operations themselves (op_timeout_ns) or probes.
+  // Needs real time: leave 0 with a manual clock (GroupOptions::clock).
+  uint64_t heartbeat_interval_ns = 10'000'000;
+  uint64_t heartbeat_timeout_ns = 50'000'000;
 };
 
 // A transaction's id: the store epoch it committed in (the recovery epoch
@@ -338,6 +349,7 @@ struct StoreStats {
   uint64_t transferred_bytes = 0;  // copied to joining replicas while the chain committed
   uint64_t last_reconfigure_ns = 0;  // the last reconfigure(): from its start to serving again
   uint64_t last_join_pause_ns = 0;   // the last join's catch-up, while calls waited
+  uint64_t heartbeat_failures = 0;   // chains the heartbeat monitor broke
 };
 
 class Store {
@@ -349,6 +361,8 @@ class Store {
   static Result<std::unique_ptr<Store>> open(rnic::Device& client, std::span<prim::ReplicaHost* const> replicas,
                                              const StoreOptions& options);
   // The same over hyperloop-replica daemons ("ipv4:port" control endpoints).
+  // With membership, `replicas` may be empty: the tenant's record names the
+  // chain (the list is used only to create a record that does not exist).
   static Result<std::unique_ptr<Store>> connect(rnic::Device& client, std::span<const std::string> replicas,
                                                 const StoreOptions& options);
   ~Store();
