@@ -245,15 +245,15 @@ TEST_F(FailoverProcessTest, SigkillOfReplicasAndOfTheClientMidStreamThenServingA
   // 3. b stops (SIGSTOP: alive, silent); c takes over; b resumes and issues on.
   watchdog_.phase("SIGSTOP of client b, takeover by client c");
   b->proc->signal(SIGSTOP);
-  const uint64_t b_stopped = now_ns();
   // What b printed before it stopped is in the pipe: read it all.
   while (b->step(300, &why)) {
   }
   const size_t b_acked_before = b->acked.size();
   const uint64_t b_last_before = b->last_issued;  // in b's hands when it stopped: may be in doubt
+  const uint64_t c_started = now_ns();  // b is stopped: from here c takes over
   auto c = start_bank("client-c", 3);
   ASSERT_TRUE(read_until(*c, [&] { return c->acked.size() >= 50; }, &why)) << why << "\n" << c->tail() << stderr_of("client-c");
-  client_gap.push_back(c->commit_t.front() - b_stopped);
+  const uint64_t takeover_of_stopped = c->commit_t.front() - c_started;
   b->proc->signal(SIGCONT);
   watchdog_.phase("the fenced client b after SIGCONT");
   while (b->step(30'000, &why)) {
@@ -310,12 +310,13 @@ TEST_F(FailoverProcessTest, SigkillOfReplicasAndOfTheClientMidStreamThenServingA
   std::printf("[ measured ] kill of a replica -> the client commits again: %s\n", summary(replica_gap).c_str());
   std::printf("[ measured ]   of which kill -> the client notices: %s\n", summary(detection).c_str());
   std::printf("[ measured ]   and notices -> commits again (probe, new epoch, recovery): %s\n", summary(healing).c_str());
-  std::printf("[ measured ] kill (a) / stop (b) of the client -> the next client commits: %s\n",
-              summary(client_gap).c_str());
+  std::printf("[ measured ] kill of client a -> the new client b commits: %s\n", ms(client_gap[0]).c_str());
+  std::printf("[ measured ] start of client c (b stopped, alive) -> c commits: %s\n", ms(takeover_of_stopped).c_str());
   RecordProperty("replica_gap", summary(replica_gap));
   RecordProperty("replica_detection", summary(detection));
   RecordProperty("replica_healing", summary(healing));
-  RecordProperty("client_gap", summary(client_gap));
+  RecordProperty("client_gap", ms(client_gap[0]));
+  RecordProperty("takeover_of_stopped", ms(takeover_of_stopped));
 }
 
 }  // namespace
