@@ -146,10 +146,22 @@ class InMemoryStore final : public ConfigStore {
     return it->second.version;
   }
   std::string describe() const override { return "in-memory"; }
+  Status claim_owner(uint32_t tenant, const std::string& owner) override {
+    if (owner.empty() || owner.size() > kMaxNameBytes) return invalid_argument("claim_owner: bad owner name");
+    std::lock_guard<std::mutex> l(mu_);
+    owners_[tenant] = owner;
+    return Status::ok();
+  }
+  Result<std::string> live_owner(uint32_t tenant) override {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = owners_.find(tenant);
+    return it == owners_.end() ? std::string() : it->second;
+  }
 
  private:
   std::mutex mu_;
   std::map<uint32_t, Versioned> records_;
+  std::map<uint32_t, std::string> owners_;
 };
 
 }  // namespace

@@ -100,13 +100,69 @@ class ZooKeeperStore final : public ConfigStore {
 
   std::string describe() const override { return "zookeeper " + o_.hosts + o_.root; }
 
+  Status claim_owner(uint32_t tenant, const std::string& owner) override {
+    if (owner.empty() || owner.size() > kMaxNameBytes) return invalid_argument("claim_owner: bad owner name");
+    std::lock_guard<std::mutex> l(call_mu_);
+    HL_RETURN_IF_ERROR(connect_locked());
+    const std::string path = path_of(tenant) + ".owner";
+    // Another session's claim goes first (ZooKeeper lets any session delete
+    // an ephemeral node); a race with another claimant is retried a few times.
+    for (int attempt = 0; attempt < 8; ++attempt) {
+      int rc = zoo_create(zh_, path.c_str(), owner.data(), int(owner.size()), &ZOO_OPEN_ACL_UNSAFE, ZOO_EPHEMERAL,
+                          nullptr, 0);
+      if (rc == ZOK) return Status::ok();
+      if (rc != ZNODEEXISTS) return from_zk(rc, "claiming " + path);
+      rc = zoo_delete(zh_, path.c_str(), -1);
+      if (rc != ZOK && rc != ZNONODE) return from_zk(rc, "replacing the claim " + path);
+    }
+    return Status(StatusCode::kAborted, "claiming " + path + ": other clients kept claiming it");
+  }
+
+  Result<std::string> live_owner(uint32_t tenant) override {
+    std::lock_guard<std::mutex> l(call_mu_);
+    HL_RETURN_IF_ERROR(connect_locked());
+    const std::string path = path_of(tenant) + ".owner";
+    std::vector<char> buf(kMaxNameBytes + 1);
+    int len = int(buf.size());
+    Stat stat{};
+    const int rc = zoo_get(zh_, path.c_str(), 0, buf.data(), &len, &stat);
+    if (rc == ZNONODE) return std::string();
+    if (rc != ZOK) return from_zk(rc, "reading " + path);
+    if (len <= 0 || size_t(len) > kMaxNameBytes) return Status(StatusCode::kDataLoss, path + ": not an owner's name");
+    return std::string(buf.data(), size_t(len));
+  }
+
+  uint64_t sessions_lost() const override {
+    std::lock_guard<std::mutex> l(state_mu_);
+    uint64_t n = expired_;
+    // Cut off for the session timeout: the session is as good as gone.
+    if (state_ == ZOO_CONNECTING_STATE && cut_since_ns_ != 0 && negotiated_ms_ != 0 &&
+        mono_ns() - cut_since_ns_ >= uint64_t(negotiated_ms_) * 1'000'000)
+      ++n;
+    return n;
+  }
+
  private:
   std::string path_of(uint32_t tenant) const { return o_.root + "/tenants/" + std::to_string(tenant); }
 
-  static void watcher(zhandle_t*, int type, int state, const char*, void* ctx) {
+  static uint64_t mono_ns() {
+    return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                        std::chrono::steady_clock::now().time_since_epoch()).count());
+  }
+
+  static void watcher(zhandle_t* zh, int type, int state, const char*, void* ctx) {
     if (type != ZOO_SESSION_EVENT) return;
     auto* self = static_cast<ZooKeeperStore*>(ctx);
     std::lock_guard<std::mutex> l(self->state_mu_);
+    if (state == ZOO_CONNECTED_STATE) {
+      self->cut_since_ns_ = 0;
+      self->negotiated_ms_ = uint32_t(zoo_recv_timeout(zh));
+    } else if (state == ZOO_CONNECTING_STATE && self->state_ == ZOO_CONNECTED_STATE) {
+      self->cut_since_ns_ = mono_ns();
+    } else if (state == ZOO_EXPIRED_SESSION_STATE && self->state_ != ZOO_EXPIRED_SESSION_STATE) {
+      ++self->expired_;
+      self->cut_since_ns_ = 0;
+    }
     self->state_ = state;
     self->state_cv_.notify_all();
   }
@@ -148,9 +204,12 @@ class ZooKeeperStore final : public ConfigStore {
   ZooKeeperOptions o_;
   std::mutex call_mu_;  // one call at a time on the handle (and its re-creation)
   zhandle_t* zh_ = nullptr;
-  std::mutex state_mu_;
+  mutable std::mutex state_mu_;
   std::condition_variable state_cv_;
   int state_ = 0;  // the last session state the watcher reported
+  uint64_t expired_ = 0;       // sessions the server expired
+  uint64_t cut_since_ns_ = 0;  // when the connection was lost (0: connected)
+  uint32_t negotiated_ms_ = 0;  // the session timeout the server granted
 };
 
 }  // namespace

@@ -5,6 +5,8 @@
 // a free port, its data in a temporary folder) and stops at its end.
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <csignal>
 #include <random>
 #include <thread>
 
@@ -224,6 +226,19 @@ TEST_P(ConfigStoreContract, RacingTakeoversHaveExactlyOneWinnerPerVersion) {
   EXPECT_EQ(last->config.epoch, uint64_t(kRounds + 1));
 }
 
+TEST_P(ConfigStoreContract, TheLatestClaimIsTheLiveOwner) {
+  auto none = store_->live_owner(4);
+  ASSERT_TRUE(none.is_ok()) << none.status().to_string();
+  EXPECT_EQ(*none, "");
+  ASSERT_TRUE(store_->claim_owner(4, "client-a").is_ok());
+  EXPECT_EQ(other().live_owner(4).value(), "client-a");
+  ASSERT_TRUE(other().claim_owner(4, "client-b").is_ok());  // a takeover replaces the claim
+  EXPECT_EQ(store_->live_owner(4).value(), "client-b");
+  EXPECT_EQ(store_->live_owner(5).value(), "") << "claims are per tenant";
+  EXPECT_EQ(store_->claim_owner(4, "").code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->sessions_lost(), 0u);
+}
+
 #ifdef HYPERLOOP_HAVE_ZOOKEEPER
 INSTANTIATE_TEST_SUITE_P(Stores, ConfigStoreContract, ::testing::Values(Kind::kInMemory, Kind::kZooKeeper),
                          [](const auto& i) { return i.param == Kind::kInMemory ? "InMemory" : "ZooKeeper"; });
@@ -234,6 +249,46 @@ INSTANTIATE_TEST_SUITE_P(Stores, ConfigStoreContract, ::testing::Values(Kind::kI
 
 // ---- ZooKeeper only ------------------------------------------------------------------------------
 #ifdef HYPERLOOP_HAVE_ZOOKEEPER
+// The owner's claim is bound to its session: gone when the session closes;
+// and a client cut off from the server for its session timeout counts that
+// session lost (what makes a store fence itself).
+TEST(ZooKeeperStore, AClaimEndsWithItsSessionAndACutOffClientCountsItsSessionLost) {
+  ZooKeeperServer zk;
+  ASSERT_TRUE(zk.ok()) << zk.why();
+  auto watcher = zookeeper_config_store(zk.options());
+  ASSERT_TRUE(watcher.is_ok()) << watcher.status().to_string();
+  {
+    auto owner = zookeeper_config_store(zk.options());
+    ASSERT_TRUE(owner.is_ok());
+    ASSERT_TRUE((*owner)->claim_owner(9, "client-a").is_ok());
+    EXPECT_EQ((*watcher)->live_owner(9).value(), "client-a");
+  }  // its session closes: the server deletes the claim at once
+  EXPECT_EQ((*watcher)->live_owner(9).value(), "");
+
+  ZooKeeperOptions o = zk.options();
+  o.session_timeout_ms = 800;  // 4 ticks of 200 ms
+  auto cut = zookeeper_config_store(o);
+  ASSERT_TRUE(cut.is_ok());
+  ASSERT_TRUE((*cut)->claim_owner(9, "client-c").is_ok());
+  EXPECT_EQ((*cut)->sessions_lost(), 0u);
+  zk.process().signal(SIGSTOP);  // the server goes silent: every client is cut off
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while ((*cut)->sessions_lost() == 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+  zk.process().signal(SIGCONT);
+  EXPECT_EQ((*cut)->sessions_lost(), 1u) << "a client cut off past its session timeout must count the session lost";
+  // Back in touch: calls fail (kUnavailable, never hang) until the client has
+  // learnt its session expired, then run on a new one; the claim went with the old.
+  auto again = (*cut)->live_owner(9);
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!again.is_ok() && std::chrono::steady_clock::now() < until) {
+    EXPECT_EQ(again.status().code(), StatusCode::kUnavailable) << again.status().to_string();
+    again = (*cut)->live_owner(9);
+  }
+  ASSERT_TRUE(again.is_ok()) << again.status().to_string();
+  EXPECT_EQ(*again, "");
+  EXPECT_GE((*cut)->sessions_lost(), 1u);
+}
+
 TEST(ZooKeeperStore, WhatTheServerHoldsIsValidatedAndADeadServerIsUnavailable) {
   ZooKeeperServer zk;
   ASSERT_TRUE(zk.ok()) << zk.why();

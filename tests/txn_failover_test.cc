@@ -278,6 +278,49 @@ TEST_P(FailoverTest, ATakeoverFencesTheOldClientAndNoneOfItsLaterCommitsIsApplie
   EXPECT_TRUE(data_equal(rig, {&rig.host(0), &rig.host(1), &rig.host(2)}, "after a's teardown"));
 }
 
+// A record store whose session this test can lose (the in-process store has none).
+class LosableSession final : public coord::ConfigStore {
+ public:
+  explicit LosableSession(coord::ConfigStore& inner) : inner_(inner) {}
+  Result<coord::Versioned> read(uint32_t t) override { return inner_.read(t); }
+  Result<int64_t> create(uint32_t t, const coord::TenantConfig& c) override { return inner_.create(t, c); }
+  Result<int64_t> compare_and_set(uint32_t t, const coord::Versioned& seen, const coord::TenantConfig& next) override {
+    return inner_.compare_and_set(t, seen, next);
+  }
+  std::string describe() const override { return "losable " + inner_.describe(); }
+  Status claim_owner(uint32_t t, const std::string& o) override { return inner_.claim_owner(t, o); }
+  Result<std::string> live_owner(uint32_t t) override { return inner_.live_owner(t); }
+  uint64_t sessions_lost() const override { return lost_; }
+  void lose() { ++lost_; }
+
+ private:
+  coord::ConfigStore& inner_;
+  uint64_t lost_ = 0;
+};
+
+TEST_P(FailoverTest, AStoreThatLostItsSessionFencesItselfAndAStandbySeesNoLiveOwner) {
+  Rig rig(rig_options(16));
+  LosableSession session(*config_);
+  StoreOptions so = with_membership(rig, "client-a");
+  so.membership.config = &session;
+  auto a = must(rig.try_open(so), "Store::open");
+  EXPECT_EQ(must(config_->live_owner(rig.tenant()), "live_owner"), "client-a");
+  HL_ASSERT_OK(commit_on(*a, rig, {Range{0, pattern(64, 1)}}));
+  session.lose();
+  const Status r = a->reconfigure();
+  EXPECT_EQ(r.code(), StatusCode::kPermissionDenied) << r.to_string();
+  EXPECT_NE(r.message().find("lost its coordination session"), std::string::npos) << r.to_string();
+  EXPECT_EQ(commit_on(*a, rig, {Range{64, pattern(64, 2)}}).code(), StatusCode::kPermissionDenied);
+  // A standby takes over (here: the owner's claim replaced, as session expiry would delete it).
+  auto b_nic = rig.c().new_device("client-b");
+  auto b = must(Store::open(*b_nic, rig.hosts(), with_membership(rig, "client-b")), "Store::open b");
+  EXPECT_EQ(must(config_->live_owner(rig.tenant()), "live_owner"), "client-b");
+  std::vector<std::byte> got(128);
+  HL_ASSERT_OK(b->read(0, got));
+  EXPECT_TRUE(BytesEqual(got.data(), pattern(64, 1).data(), 64));
+  EXPECT_TRUE(BytesEqual(got.data() + 64, std::vector<std::byte>(64).data(), 64)) << "the fenced commit is there";
+}
+
 INSTANTIATE_TEST_SUITE_P(Modes, FailoverTest, ::testing::ValuesIn(prim_test::kBothModes),
                          [](const auto& i) { return prim_test::mode_name(i.param); });
 

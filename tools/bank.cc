@@ -39,12 +39,15 @@
 //   --after-fence N      once fenced, go on issuing N more transfers, as a
 //                        client that ignores the error would (each printed
 //                        as "refused"), then exit 3: for fencing tests
+//   --standby            before opening, wait while the tenant has a live
+//                        owner (its ZooKeeper session); take over once it ends
 //   --settle E:L,...     after opening, print whether these TxnIds committed
 //   --check              open, print every account and the total, exit
 //   --print-region       print the tenant region bytes these options need, exit
 //
 // Output, one line per event on stdout (t= is CLOCK_MONOTONIC in ns, which
 // every process of the machine shares):
+//   standby owner=O t=T                           (--standby: waiting while O lives)
 //   ready owner=O epoch=E replicas=N t=T
 //   outcome txn=E:L committed|absent|unknown
 //   issue n=K a=A ba=BA b=B bb=BB                 (before each commit)
@@ -94,7 +97,7 @@ struct Options {
   uint64_t after_fence = 0, heartbeat_ms = 10, heartbeat_timeout_ms = 50;
   std::vector<std::string> chain, spares, settle;
   prim::ForwardMode mode = prim::ForwardMode::kOffload;
-  bool check = false, print_region = false, cached = false;
+  bool check = false, print_region = false, cached = false, standby = false;
 };
 
 const char kUsage[] =
@@ -103,7 +106,7 @@ const char kUsage[] =
     "                      [--tenant N] [--accounts N] [--data-size B] [--log-size B] [--transfers N]\n"
     "                      [--op-timeout-ms MS] [--probe-timeout-ms MS] [--heartbeat-ms MS]\n"
     "                      [--heartbeat-timeout-ms MS] [--zk-root P] [--zk-session-ms MS]\n"
-    "                      [--address IP] [--cached] [--after-fence N] [--settle E:L,...] [--check] [--print-region]\n";
+    "                      [--address IP] [--cached] [--after-fence N] [--standby] [--settle E:L,...] [--check] [--print-region]\n";
 
 std::vector<std::string> split(const std::string& s) {
   std::vector<std::string> v;
@@ -208,6 +211,8 @@ std::string parse(int argc, char** argv, Options* o) {
     } else if (f == "--after-fence") {
       if (!number(0, 1'000'000)) return "--after-fence needs 0..1000000";
       o->after_fence = n;
+    } else if (f == "--standby") {
+      o->standby = true;
     } else if (f == "--cached") {
       o->cached = true;
     } else if (f == "--check") {
@@ -331,6 +336,24 @@ int run(const Options& o) {
   if (!zk.is_ok()) {
     std::fprintf(stderr, "hyperloop-bank: ZooKeeper at %s: %s\n", o.zk.c_str(), zk.status().to_string().c_str());
     return 1;
+  }
+  if (o.standby) {
+    bool announced = false;
+    for (;;) {
+      auto live = (*zk)->live_owner(o.tenant);
+      if (!live.is_ok()) {
+        std::fprintf(stderr, "hyperloop-bank: reading the live owner: %s\n", live.status().to_string().c_str());
+        return 1;
+      }
+      if (live->empty()) break;
+      if (!announced) {
+        std::printf("standby owner=%s t=%llu\n", live->c_str(), (unsigned long long)mono_ns());
+        std::fflush(stdout);
+        announced = true;
+      }
+      timespec nap{0, 10'000'000};  // a poll every 10 ms: the session timeout dominates
+      nanosleep(&nap, nullptr);
+    }
   }
   txn::StoreOptions so = store_options(o);
   so.membership.config = zk->get();

@@ -84,6 +84,7 @@ struct Store::Impl {
   StoreId id;          // of the last successful recovery
   uint64_t epoch = 0;  // carried by every record and head written since it
   bool fenced = false;  // taken over (membership): final
+  uint64_t claimed_sessions = 0;  // ConfigStore::sessions_lost() when this store claimed the tenant
   std::string fenced_reason;
   std::vector<std::pair<uint64_t, uint64_t>> ended;  // (store epoch, end LSN) our recoveries ended
   std::deque<std::unique_ptr<InFlight>> applying;  // in LSN order
@@ -764,6 +765,10 @@ Result<std::unique_ptr<Store>> Store::start(std::unique_ptr<Impl> impl) {
   if (s->impl_->has_membership()) {
     HL_RETURN_IF_ERROR(s->impl_->take_membership());
     how.allow_resize = true;  // the record decides the chain
+    // This client's liveness, bound to its coordination session: a standby
+    // waits for it to end (ConfigStore::live_owner).
+    s->impl_->claimed_sessions = s->impl_->o.membership.config->sessions_lost();
+    HL_RETURN_IF_ERROR(s->impl_->o.membership.config->claim_owner(s->impl_->o.tenant, s->impl_->o.membership.owner));
   }
   HL_RETURN_IF_ERROR(s->impl_->recover_locked(how));
   if (s->impl_->has_membership() && s->impl_->o.membership.heartbeat_interval_ns > 0)
@@ -1001,6 +1006,9 @@ Status Store::Impl::reconfigure_locked() {
   applying.clear();
   head_stage = HeadStage::kNone;
   coord::ConfigStore& cs = *o.membership.config;
+  if (cs.sessions_lost() != claimed_sessions)
+    return fence_locked(tenant_text(o.tenant) + ": this client lost its coordination session (" + cs.describe() +
+                        "), so a standby may own the tenant now");
   Result<coord::Versioned> now_rec = cs.read(o.tenant);
   HL_RETURN_IF_ERROR(now_rec.status());
   if (now_rec->version != record.version || now_rec->config.owner != o.membership.owner)
@@ -1212,6 +1220,14 @@ void Store::Impl::run_monitor() {
         std::lock_guard<std::mutex> l(mu);
         if (fenced) return;
         broken = !healthy;
+      }
+      if (o.membership.config->sessions_lost() != claimed_sessions) {
+        // Its session is gone: a standby may take over; stop first.
+        life_lock.unlock();
+        std::unique_lock<std::shared_mutex> excl(life);
+        (void)fence_locked(tenant_text(o.tenant) + ": this client lost its coordination session (" +
+                           o.membership.config->describe() + "), so a standby may own the tenant now");
+        return;
       }
       if (broken || !group) {
         // Broken and nobody calling: heal now and then (each try probes every replica).

@@ -99,6 +99,23 @@ class ConfigStore {
   virtual Result<int64_t> compare_and_set(uint32_t tenant, const Versioned& seen, const TenantConfig& next) = 0;
   // What the store is, for logs ("in-memory", "zookeeper 127.0.0.1:2181/hyperloop").
   virtual std::string describe() const = 0;
+
+  // ---- the owner's liveness (what a standby client waits on) ----
+  // Records `owner` as the tenant's live owner, bound to this client's
+  // session: on ZooKeeper an ephemeral znode <root>/tenants/<id>.owner
+  // holding the name, which the server deletes when the session ends (the
+  // process died, or was cut off for the session timeout). A claim replaces
+  // whatever claim is there. In memory (no sessions) it lasts until replaced.
+  virtual Status claim_owner(uint32_t tenant, const std::string& owner) = 0;
+  // The live owner's name, or "" when there is none (never claimed, or its
+  // session ended: a standby may take the tenant over).
+  virtual Result<std::string> live_owner(uint32_t tenant) = 0;
+  // Sessions this client has lost so far (always 0 in memory). Counted once
+  // the server expired one, or as soon as this client has been cut off from
+  // every server for the negotiated session timeout (by then the server has
+  // expired it, or will as it sees the time pass). A claim made while this
+  // returned k is gone once it returns more: the owner must fence itself.
+  virtual uint64_t sessions_lost() const { return 0; }
 };
 
 std::unique_ptr<ConfigStore> in_memory_config_store();

@@ -130,8 +130,16 @@
 //     (calls wait), rebuilds the chain with it at the tail and runs recovery,
 //     which brings over whatever changed during the transfer (catch-up); it
 //     is then marked serving (another epoch).
+//   Liveness: an opened store claims the tenant in the record store
+//     (ConfigStore::claim_owner: on ZooKeeper an ephemeral znode bound to
+//     its session); a standby client waits until live_owner() is empty (the
+//     owner's session ended: it died or was cut off) and then opens, taking
+//     over. A store whose session was lost (ConfigStore::sessions_lost grew
+//     since its claim) fences itself: the monitor checks every
+//     heartbeat_interval_ns, and reconfigure() before anything else.
 //   Fenced: a store that finds the record owned by another client, or a
-//     replica refusing its epoch, has been taken over. It fences itself:
+//     replica refusing its epoch, or its own session lost, has been (or may
+//     be) taken over. It fences itself:
 //     every call returns kPermissionDenied from then on, and nothing it
 //     issued after the takeover is applied on any replica (the replicas
 //     destroyed its queue pairs).
