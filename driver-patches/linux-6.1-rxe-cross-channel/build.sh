@@ -31,9 +31,11 @@ SUDO=()
 if [[ "$(id -u)" -ne 0 ]]; then
   command -v sudo >/dev/null 2>&1 && SUDO=(sudo -n) || SUDO=(false)
 fi
+# apt-get's progress goes to stderr: stdout carries only the module's path
+# (what tests/vm/suites.sh reads).
 apt_install() {
   "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o Dpkg::Use-Pty=0 -o Acquire::Retries=3 \
-    install -y --no-install-recommends "$@" </dev/null
+    install -y --no-install-recommends "$@" </dev/null >&2
 }
 HDRS="/usr/src/linux-headers-$KVER"
 want="linux-headers-$KVER=$KPKG_VERSION"
