@@ -307,8 +307,9 @@ TEST_F(FailoverProcessTest, SigkillOfReplicasAndOfTheClientMidStreamThenServingA
     total += bal;
     EXPECT_TRUE(acked.count(w) || doubt.count(w)) << "account " << k << " holds writer " << (w >> 40) << ":"
                                                    << (w & ((1ull << 40) - 1)) << ", never acknowledged";
-    if ((w >> 40) == 2)  // b's: never one it issued after it resumed, fenced
+    if ((w >> 40) == 2) {  // b's: never one it issued after it resumed, fenced
       EXPECT_LE(w & ((1ull << 40) - 1), b_last_before) << "account " << k << " holds a write of the fenced client b";
+    }
   }
   EXPECT_EQ(writer_of.size(), 16u);
   EXPECT_EQ(total, 16u * 1000);
