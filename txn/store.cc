@@ -715,6 +715,11 @@ size_t Store::region_bytes(const StoreOptions& options) {
   return l.is_ok() ? l.value().region : 0;
 }
 
+size_t Store::data_offset(const StoreOptions& options) {
+  Result<Layout> l = layout_of(options);
+  return l.is_ok() ? l.value().data_off : 0;
+}
+
 namespace {
 Result<std::unique_ptr<Store::Impl>> new_impl(rnic::Device& client, const StoreOptions& options) {
   Result<Layout> lay = layout_of(options);

@@ -379,6 +379,10 @@ class Store {
 
   // The region size a tenant needs for these options (0 if they are invalid).
   static size_t region_bytes(const StoreOptions& options);
+  // Where the data area starts in the tenant's region (0 if the options are
+  // invalid): for a reader on a replica host that reads its own copy of the
+  // region (ReplicaHost::peek, a mapping of the daemon's region file).
+  static size_t data_offset(const StoreOptions& options);
 
   Transaction begin();
   // A consistent read of one range outside any transaction (a read-only
