@@ -79,8 +79,8 @@ txn::StoreOptions ring_store_options(uint32_t tenant, const WalOptions& o) {
 Result<std::unique_ptr<ReplicatedWal>> ReplicatedWal::open(txn::Store& store, const WalOptions& o) {
   if (o.ring_bytes < kMinRingBytes || o.ring_bytes > kMaxRingBytes || o.ring_bytes % 8 != 0)
     return invalid_argument("WalOptions::ring_bytes must be a multiple of 8 in [64 KiB, 1 TiB]");
-  if (o.max_chunk == 0 || o.max_chunk > kMaxChunkPayload || chunk_span(o.max_chunk) > o.ring_bytes / 4)
-    return invalid_argument("WalOptions::max_chunk must be in [1, 1 MiB] and at most a quarter of the ring");
+  if (o.max_chunk == 0 || o.max_chunk > kMaxChunkPayload || chunk_span(o.max_chunk) > o.ring_bytes / 2)
+    return invalid_argument("WalOptions::max_chunk must be in [1, 1 MiB] and its chunk at most half the ring");
   if (!o.appliers.empty() && o.progress == nullptr)
     return invalid_argument("WalOptions::appliers need WalOptions::progress (where they publish)");
   if (store.data_size() < kRingHeaderBytes + o.ring_bytes)
