@@ -293,6 +293,12 @@ void ReplicatedWal::earlier_generations_flushed() {
     if (key.first < generation_) f.deleted = true;
 }
 
+Status ReplicatedWal::settle() {
+  std::lock_guard lk(mu_);
+  HL_RETURN_IF_ERROR(store_.drain());
+  return write_word(kTailOffset, tail_);
+}
+
 Status ReplicatedWal::replay(const std::function<Status(std::string_view rep)>& fn) {
   std::lock_guard lk(mu_);
   const RingHeader h{o_.ring_bytes, head_, tail_, generation_};

@@ -86,6 +86,13 @@ class ReplicatedWal {
   // room). Returns the head.
   Result<uint64_t> reclaim();
 
+  // Waits until the chain has applied every chunk (Store::drain) and then
+  // commits once more (the tail word again): that commit's flush makes what
+  // was applied before it durable on every replica, so a reader of a
+  // replica's durable image (the daemon's region file) sees all of it. A
+  // clean shutdown of the primary calls it.
+  Status settle();
+
   // Calls fn with every complete WriteBatch the ring holds from the head to
   // the tail, in order (a new primary's replay: it applies those above its
   // own sequence number).
