@@ -23,6 +23,8 @@ PACKAGES=(
   libssl-dev         # OpenSSL libcrypto: HMAC-SHA256 tenant authentication, CSPRNG
   libzookeeper-mt-dev  # ZooKeeper's C client: tenants' configuration records (coord/)
   zookeeper          # the ZooKeeper server (and a JRE) that coord_test starts on loopback
+  librocksdb-dev     # RocksDB 7.8: the replicated RocksDB in examples/rocksdb (with zlib's crc32)
+  rocksdb-tools      # stock db_bench, run over the replicated WAL by bench/rocksdb_side_by_side.sh
   # The Soft-RoCE VM (tests/vm/README.md); its kernel is fetched by tests/vm/prepare.sh
   qemu-system-x86    # qemu-system-x86_64 (TCG) boots Debian's stock kernel with rdma_rxe
   busybox-static     # the VM's initramfs

@@ -1,4 +1,6 @@
 // EmbeddedChain: a whole chain in this process, and the plugin's options.
+#include <sched.h>
+
 #include <charconv>
 #include <filesystem>
 
@@ -60,24 +62,43 @@ Result<std::unique_ptr<EmbeddedChain>> EmbeddedChain::create(const EmbeddedOptio
   txn::StoreOptions so = ring_store_options(kTenant, wo);
   so.group.mode = o.mode;
   so.group.slots = 1024;
+  // Generous: opening reads every replica's whole region (recovery), which
+  // on 2 shared cores with spinning CPU forwarders can take its time. Nothing
+  // here waits on a dead replica.
+  so.group.op_timeout_ns = 10'000'000'000;
+  if (o.yield_while_waiting) so.group.progress = [] { sched_yield(); };
   const size_t region = txn::Store::region_bytes(so);
   if (region == 0) return invalid_argument("EmbeddedChain: the ring's store options are invalid");
-  c->exec_ = std::make_unique<soft::SingleThreadExecutor>();
-  HL_ASSIGN_OR_RETURN(c->client_, c->fabric_.create_nic({.name = "primary"}));
-  c->exec_->add(*c->client_);
+  if (o.tenants == 0 || o.tenants > 64) return invalid_argument("EmbeddedChain: tenants must be 1..64");
+  c->exec_ = std::make_unique<soft::SingleThreadExecutor>(o.executor_cpu);
+  for (uint32_t t = 0; t < o.tenants; ++t) {
+    HL_ASSIGN_OR_RETURN(auto client, c->fabric_.create_nic({.name = "primary-" + std::to_string(t)}));
+    c->exec_->add(*client);
+    c->clients_.push_back(std::move(client));
+  }
   std::vector<prim::ReplicaHost*> raw;
   for (uint32_t i = 0; i < o.replicas; ++i) {
     HL_ASSIGN_OR_RETURN(auto nic, c->fabric_.create_nic({.name = "replica-" + std::to_string(i)}));
     c->exec_->add(*nic);
-    HL_ASSIGN_OR_RETURN(auto host, prim::ReplicaHost::create(*nic));
-    HL_RETURN_IF_ERROR(host->register_tenant(kTenant, region));
+    prim::ReplicaHostOptions ho;
+    ho.agent_cpu = o.agent_cpu;
+    HL_ASSIGN_OR_RETURN(auto host, prim::ReplicaHost::create(*nic, ho));
+    for (uint32_t t = 0; t < o.tenants; ++t) HL_RETURN_IF_ERROR(host->register_tenant(kTenant + t, region));
     raw.push_back(host.get());
     c->nics_.push_back(std::move(nic));
     c->hosts_.push_back(std::move(host));
   }
-  HL_ASSIGN_OR_RETURN(c->store_, txn::Store::open(*c->client_, std::span<prim::ReplicaHost* const>(raw), so));
-  HL_ASSIGN_OR_RETURN(auto wal, ReplicatedWal::open(*c->store_, wo));
-  c->wal_ = std::move(wal);
+  for (uint32_t t = 0; t < o.tenants; ++t) {
+    txn::StoreOptions st = so;
+    st.tenant = kTenant + t;
+    HL_ASSIGN_OR_RETURN(auto store, txn::Store::open(*c->clients_[t], std::span<prim::ReplicaHost* const>(raw), st));
+    WalOptions wt = wo;
+    wt.tenant = kTenant + t;
+    if (t > 0) wt.appliers.clear();
+    HL_ASSIGN_OR_RETURN(auto wal, ReplicatedWal::open(*store, wt));
+    c->stores_.push_back(std::move(store));
+    c->wals_.push_back(std::move(wal));
+  }
   if (o.appliers) {
     const uint64_t data_off = txn::Store::data_offset(so);
     for (uint32_t i = 0; i < o.replicas; ++i) {
@@ -118,12 +139,12 @@ EmbeddedChain::~EmbeddedChain() {
   threads_.clear();
   appliers_.clear();
   applier_dbs_.clear();
-  wal_.reset();
-  store_.reset();
+  wals_.clear();
+  stores_.clear();
   hosts_.clear();
   exec_.reset();
   nics_.clear();
-  client_.reset();
+  clients_.clear();
 }
 
 }  // namespace hyperloop::rocks

@@ -100,7 +100,7 @@ class WalFileSystem : public rocksdb::FileSystemWrapper {
 
 struct ApplierOptions {
   std::string name;                 // publishes "<name>.pos" and "<name>.seq"
-  uint64_t ring_bytes = 64 << 20;   // as the writer's WalOptions::ring_bytes
+  uint64_t ring_bytes = 16 << 20;   // as the writer's WalOptions::ring_bytes
   coord::ConfigStore* progress = nullptr;  // null: publish nowhere (tests)
   uint32_t tenant = 0;
   // Besides at every new WAL file, flush and publish after this many ring
@@ -212,17 +212,26 @@ struct EmbeddedOptions {
   // in-memory ConfigStore and hold back ring reuse.
   bool appliers = false;
   std::string applier_dir;
+  // Tenants sharing the replica hosts (each its own client NIC, store and
+  // ring: tenant ids 1..tenants). Appliers serve tenant 1 only.
+  uint32_t tenants = 1;
+  int agent_cpu = -1;     // pin every replica host's agent thread
+  int executor_cpu = -1;  // pin the one thread that runs every soft NIC
+  // Clients waiting on the chain yield the CPU on every turn (GroupOptions::
+  // progress): for several clients pinned to the NICs' core.
+  bool yield_while_waiting = false;
 };
 
-// Soft fabric, a client NIC, `replicas` replica hosts (agent threads), one
-// txn::Store (tenant 1) and its ReplicatedWal: what the db_bench plugin and
+// Soft fabric, `replicas` replica hosts (agent threads) and per tenant a
+// client NIC, a txn::Store (tenants 1, 2, ...) and its ReplicatedWal: what the db_bench plugin and
 // the benchmarks run on. Destroy the db before the chain.
 class EmbeddedChain {
  public:
   static Result<std::unique_ptr<EmbeddedChain>> create(const EmbeddedOptions& o);
   ~EmbeddedChain();
-  std::shared_ptr<ReplicatedWal> wal() { return wal_; }
-  txn::Store& store() { return *store_; }
+  std::shared_ptr<ReplicatedWal> wal(uint32_t tenant_index = 0) { return wals_[tenant_index]; }
+  txn::Store& store(uint32_t tenant_index = 0) { return *stores_[tenant_index]; }
+  uint32_t tenants() const { return static_cast<uint32_t>(stores_.size()); }
   prim::ReplicaHost& host(uint32_t i) { return *hosts_[i]; }
   uint32_t replicas() const { return static_cast<uint32_t>(hosts_.size()); }
   // Replica i's applier (null without appliers); its db.
@@ -237,13 +246,13 @@ class EmbeddedChain {
   EmbeddedChain() = default;
   EmbeddedOptions o_;
   soft::Fabric fabric_;
-  std::unique_ptr<soft::Nic> client_;
+  std::vector<std::unique_ptr<soft::Nic>> clients_;
   std::vector<std::unique_ptr<soft::Nic>> nics_;
   std::unique_ptr<soft::SingleThreadExecutor> exec_;
   std::vector<std::unique_ptr<prim::ReplicaHost>> hosts_;
   std::unique_ptr<coord::ConfigStore> config_;
-  std::unique_ptr<txn::Store> store_;
-  std::shared_ptr<ReplicatedWal> wal_;
+  std::vector<std::unique_ptr<txn::Store>> stores_;
+  std::vector<std::shared_ptr<ReplicatedWal>> wals_;
   std::vector<std::unique_ptr<rocksdb::DB>> applier_dbs_;
   std::vector<std::unique_ptr<Applier>> appliers_;
   std::vector<std::unique_ptr<ApplierThread>> threads_;

@@ -41,7 +41,7 @@
 namespace hyperloop::rocks {
 
 struct WalOptions {
-  uint64_t ring_bytes = 64 << 20;  // the ring (multiple of 8, >= kMinRingBytes)
+  uint64_t ring_bytes = 16 << 20;  // the ring (multiple of 8, >= kMinRingBytes)
   uint32_t max_chunk = 256 << 10;  // payload bytes per commit (<= kMaxChunkPayload)
   // Appliers whose published positions hold back reuse of ring space (the
   // names they publish under). Empty: only the primary's deletions count.
