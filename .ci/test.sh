@@ -4,7 +4,7 @@
 #   2. build-asan/ AddressSanitizer + UndefinedBehaviorSanitizer, ctest
 #   2b. build-tsan/ ThreadSanitizer, the threaded suites only (see below)
 #   3. the demo (the main job) under the sanitizers, and a short smoke run of
-#      the benchmark binary
+#      the benchmark binary and of the replicated RocksDB's side-by-side script
 #   4. install check: cmake --install, then a consumer project that does
 #      find_package(hyperloop) and links hyperloop::txn
 #   5. Soft-RoCE VM (tests/vm): Debian's stock kernel under qemu with rxe0;
@@ -100,6 +100,14 @@ build-asan/examples/hyperloop-txn-demo 200
 section "benchmark smoke runs (build/bench/soft_rnic_bench, txn_bench latency cases)"
 build/bench/soft_rnic_bench --benchmark_min_time=0.01
 build/bench/txn_bench --benchmark_filter=BM_CommitLatency --benchmark_min_time=0.01
+
+section "replicated RocksDB side by side, smoke sizes (bench/rocksdb_side_by_side.sh)"
+if [[ -e build/examples/rocksdb/libhyperloop_walfs.so ]]; then
+  bash bench/rocksdb_side_by_side.sh build --smoke
+else
+  echo "RocksDB was not found: examples/rocksdb is not built" >&2
+  false
+fi
 
 section "install check"
 TMP="$(mktemp -d)"
