@@ -67,6 +67,13 @@ Status check_config(const TenantConfig& c) {
   return Status::ok();
 }
 
+Status check_progress_name(std::string_view name) {
+  if (!printable_name(name) || name.find('/') != std::string_view::npos || name == "." || name == "..")
+    return invalid_argument("progress marker: a name must be 1 to 255 printable ASCII bytes without spaces or '/', "
+                            "and not '.' or '..'");
+  return Status::ok();
+}
+
 Result<std::string> encode_config(const TenantConfig& c) {
   HL_RETURN_IF_ERROR(check_config(c));
   std::string out(kMagic);
@@ -157,11 +164,35 @@ class InMemoryStore final : public ConfigStore {
     auto it = owners_.find(tenant);
     return it == owners_.end() ? std::string() : it->second;
   }
+  Status publish_progress(uint32_t tenant, const std::string& name, uint64_t value) override {
+    HL_RETURN_IF_ERROR(check_progress_name(name));
+    std::lock_guard<std::mutex> l(mu_);
+    auto [it, fresh] = progress_[tenant].try_emplace(name, value);
+    if (!fresh && it->second < value) it->second = value;  // never back
+    return Status::ok();
+  }
+  Result<std::vector<std::pair<std::string, uint64_t>>> progress(uint32_t tenant) override {
+    std::lock_guard<std::mutex> l(mu_);
+    std::vector<std::pair<std::string, uint64_t>> out;
+    auto it = progress_.find(tenant);
+    if (it != progress_.end()) out.assign(it->second.begin(), it->second.end());
+    return out;
+  }
+  Status remove_progress(uint32_t tenant, const std::string& name) override {
+    HL_RETURN_IF_ERROR(check_progress_name(name));
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = progress_.find(tenant);
+    if (it == progress_.end()) return Status::ok();
+    it->second.erase(name);
+    if (it->second.empty()) progress_.erase(it);
+    return Status::ok();
+  }
 
  private:
   std::mutex mu_;
   std::map<uint32_t, Versioned> records_;
   std::map<uint32_t, std::string> owners_;
+  std::map<uint32_t, std::map<std::string, uint64_t>> progress_;  // names sorted: progress() lists them in order
 };
 
 }  // namespace

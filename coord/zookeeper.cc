@@ -2,10 +2,14 @@
 // the C client's synchronous calls). One persistent znode per tenant,
 // <root>/tenants/<id>; its data is encode_config's text and its
 // stat.version the compare-and-set token (zoo_set2 with that version:
-// ZBADVERSION when another writer won).
+// ZBADVERSION when another writer won). A tenant's progress markers are
+// persistent znodes <root>/tenants/<id>.progress/<name>, each holding its
+// value's decimal text, raised by read + versioned zoo_set.
 #include <zookeeper/zookeeper.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cstring>
 #include <condition_variable>
@@ -36,6 +40,19 @@ Status from_zk(int rc, const std::string& what) {
     case ZNOAUTH: return permission_denied(what + ": " + zerr(rc));
     default: return unavailable(what + ": " + zerr(rc));
   }
+}
+
+constexpr size_t kMaxValueDigits = 20;  // UINT64_MAX is 18446744073709551615
+constexpr int kPublishAttempts = 64;    // each lost one means another publisher moved the marker
+
+// A progress marker's data: the canonical decimal text of a uint64, exactly
+// what publish_progress writes (digits only, no sign, no leading zero).
+bool parse_value(std::string_view text, uint64_t* v) {
+  if (text.empty() || text.size() > kMaxValueDigits || (text.size() > 1 && text[0] == '0')) return false;
+  for (char c : text)
+    if (c < '0' || c > '9') return false;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), *v);
+  return ec == std::errc() && end == text.data() + text.size();
 }
 
 class ZooKeeperStore final : public ConfigStore {
@@ -132,6 +149,78 @@ class ZooKeeperStore final : public ConfigStore {
     return std::string(buf.data(), size_t(len));
   }
 
+  Status publish_progress(uint32_t tenant, const std::string& name, uint64_t value) override {
+    HL_RETURN_IF_ERROR(check_progress_name(name));
+    const std::string text = std::to_string(value);
+    std::lock_guard<std::mutex> l(call_mu_);
+    HL_RETURN_IF_ERROR(connect_locked());
+    const std::string dir = progress_dir_of(tenant), path = dir + "/" + name;
+    // Read, then write with the version read: a publisher that raced ahead
+    // fails the write (ZBADVERSION; ZNODEEXISTS for the first value) and the
+    // loop reads again, so a marker never goes back.
+    for (int attempt = 0; attempt < kPublishAttempts; ++attempt) {
+      int rc;
+      uint64_t now = 0;
+      int32_t version = -1;
+      HL_RETURN_IF_ERROR(read_marker_locked(path, &rc, &now, &version));
+      if (rc == ZOK) {
+        if (now >= value) return Status::ok();  // late or duplicated: ignored
+        rc = zoo_set(zh_, path.c_str(), text.data(), int(text.size()), version);
+        if (rc == ZOK) return Status::ok();
+        if (rc != ZBADVERSION && rc != ZNONODE) return from_zk(rc, "publishing " + path);
+        continue;  // another publisher moved it, or it was removed: read again
+      }
+      if (rc != ZNONODE) return from_zk(rc, "reading " + path);
+      rc = zoo_create(zh_, path.c_str(), text.data(), int(text.size()), &ZOO_OPEN_ACL_UNSAFE, 0, nullptr, 0);
+      if (rc == ZOK) return Status::ok();
+      if (rc == ZNONODE) {  // the tenant's first marker: its parent first, then again
+        rc = zoo_create(zh_, dir.c_str(), nullptr, -1, &ZOO_OPEN_ACL_UNSAFE, 0, nullptr, 0);
+        if (rc != ZOK && rc != ZNODEEXISTS) return from_zk(rc, "creating " + dir);
+        continue;
+      }
+      if (rc != ZNODEEXISTS) return from_zk(rc, "creating " + path);
+      // ZNODEEXISTS: another publisher created it first: read again
+    }
+    return Status(StatusCode::kAborted, "publishing " + path + ": other publishers kept advancing it");
+  }
+
+  Result<std::vector<std::pair<std::string, uint64_t>>> progress(uint32_t tenant) override {
+    std::lock_guard<std::mutex> l(call_mu_);
+    HL_RETURN_IF_ERROR(connect_locked());
+    const std::string dir = progress_dir_of(tenant);
+    std::vector<std::pair<std::string, uint64_t>> out;
+    String_vector children{};
+    int rc = zoo_get_children(zh_, dir.c_str(), 0, &children);
+    if (rc == ZNONODE) return out;  // no marker yet
+    if (rc != ZOK) return from_zk(rc, "listing " + dir);
+    std::vector<std::string> names;
+    for (int32_t i = 0; i < children.count; ++i) names.emplace_back(children.data[i]);
+    deallocate_String_vector(&children);
+    std::sort(names.begin(), names.end());
+    for (const std::string& name : names) {
+      const std::string path = dir + "/" + name;
+      if (!check_progress_name(name).is_ok())
+        return Status(StatusCode::kDataLoss, path + ": not a progress marker's name");
+      uint64_t value = 0;
+      int32_t version = -1;
+      HL_RETURN_IF_ERROR(read_marker_locked(path, &rc, &value, &version));
+      if (rc == ZNONODE) continue;  // removed since the listing
+      if (rc != ZOK) return from_zk(rc, "reading " + path);
+      out.emplace_back(name, value);
+    }
+    return out;
+  }
+
+  Status remove_progress(uint32_t tenant, const std::string& name) override {
+    HL_RETURN_IF_ERROR(check_progress_name(name));
+    std::lock_guard<std::mutex> l(call_mu_);
+    HL_RETURN_IF_ERROR(connect_locked());
+    const std::string path = progress_dir_of(tenant) + "/" + name;
+    const int rc = zoo_delete(zh_, path.c_str(), -1);
+    if (rc != ZOK && rc != ZNONODE) return from_zk(rc, "removing " + path);
+    return Status::ok();
+  }
+
   uint64_t sessions_lost() const override {
     std::lock_guard<std::mutex> l(state_mu_);
     uint64_t n = expired_;
@@ -144,6 +233,23 @@ class ZooKeeperStore final : public ConfigStore {
 
  private:
   std::string path_of(uint32_t tenant) const { return o_.root + "/tenants/" + std::to_string(tenant); }
+  std::string progress_dir_of(uint32_t tenant) const { return path_of(tenant) + ".progress"; }
+
+  // Reads the marker at `path`: *rc is zoo_get's code; on ZOK, *value and
+  // *version are set, or kDataLoss (naming the znode) if its data is not a
+  // marker's. REQUIRES: call_mu_ held.
+  Status read_marker_locked(const std::string& path, int* rc, uint64_t* value, int32_t* version) {
+    char buf[kMaxValueDigits + 1];
+    int len = int(sizeof buf);
+    Stat stat{};
+    *rc = zoo_get(zh_, path.c_str(), 0, buf, &len, &stat);
+    if (*rc != ZOK) return Status::ok();
+    if (len < 0 || len != stat.dataLength || !parse_value(std::string_view(buf, size_t(len)), value))
+      return Status(StatusCode::kDataLoss, path + " holds " + std::to_string(std::max(stat.dataLength, 0)) +
+                                               " bytes that are not a progress marker (a decimal uint64)");
+    *version = stat.version;
+    return Status::ok();
+  }
 
   static uint64_t mono_ns() {
     return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(

@@ -7,8 +7,10 @@
 
 #include <chrono>
 #include <csignal>
+#include <cstdint>
 #include <random>
 #include <thread>
+#include <utility>
 
 #include "daemon_test_util.h"
 #include "zookeeper_test_util.h"
@@ -239,6 +241,88 @@ TEST_P(ConfigStoreContract, TheLatestClaimIsTheLiveOwner) {
   EXPECT_EQ(store_->sessions_lost(), 0u);
 }
 
+using Markers = std::vector<std::pair<std::string, uint64_t>>;
+
+TEST_P(ConfigStoreContract, ProgressMarkersOnlyGoForwardAndArePerTenant) {
+  auto none = store_->progress(3);
+  ASSERT_TRUE(none.is_ok()) << none.status().to_string();
+  EXPECT_TRUE(none->empty());
+  ASSERT_TRUE(store_->publish_progress(3, "10.0.0.1:7000", 10).is_ok());
+  EXPECT_EQ(other().progress(3).value(), (Markers{{"10.0.0.1:7000", 10}}));
+  // A late or duplicated publish is ignored, and OK; a higher one moves it.
+  ASSERT_TRUE(other().publish_progress(3, "10.0.0.1:7000", 7).is_ok());
+  ASSERT_TRUE(store_->publish_progress(3, "10.0.0.1:7000", 10).is_ok());
+  EXPECT_EQ(store_->progress(3).value(), (Markers{{"10.0.0.1:7000", 10}}));
+  ASSERT_TRUE(other().publish_progress(3, "10.0.0.1:7000", 12).is_ok());
+  // Several names, listed sorted; 0 and UINT64_MAX are values like any other.
+  ASSERT_TRUE(store_->publish_progress(3, "10.0.0.3:7000", UINT64_MAX).is_ok());
+  ASSERT_TRUE(store_->publish_progress(3, "10.0.0.2:7000", 0).is_ok());
+  const std::string longest(kMaxNameBytes, 'n');
+  ASSERT_TRUE(store_->publish_progress(3, longest, 5).is_ok());
+  const Markers all = {{"10.0.0.1:7000", 12}, {"10.0.0.2:7000", 0}, {"10.0.0.3:7000", UINT64_MAX}, {longest, 5}};
+  EXPECT_EQ(other().progress(3).value(), all);
+  EXPECT_TRUE(store_->progress(4).value().empty()) << "markers are per tenant";
+  ASSERT_TRUE(store_->publish_progress(4, "10.0.0.1:7000", 1).is_ok());
+  EXPECT_EQ(store_->progress(3).value(), all);
+  // Remove: gone; removing what is absent is OK.
+  ASSERT_TRUE(other().remove_progress(3, "10.0.0.2:7000").is_ok());
+  ASSERT_TRUE(store_->remove_progress(3, "10.0.0.2:7000").is_ok());
+  ASSERT_TRUE(store_->remove_progress(9, "10.0.0.2:7000").is_ok());
+  ASSERT_TRUE(store_->remove_progress(3, longest).is_ok());
+  EXPECT_EQ(store_->progress(3).value(), (Markers{{"10.0.0.1:7000", 12}, {"10.0.0.3:7000", UINT64_MAX}}));
+  // A removed marker starts again from whatever is published next.
+  ASSERT_TRUE(store_->remove_progress(4, "10.0.0.1:7000").is_ok());
+  EXPECT_TRUE(store_->progress(4).value().empty());
+  ASSERT_TRUE(store_->publish_progress(4, "10.0.0.1:7000", 0).is_ok());
+  EXPECT_EQ(other().progress(4).value(), (Markers{{"10.0.0.1:7000", 0}}));
+  // Bad names are refused before the store sees them.
+  const std::vector<std::string> bad = {"", "has space", "a/b", "/", ".", "..", "tab\t", std::string("nul\0x", 5),
+                                        "del\x7f", "\xc3\xa9", std::string(kMaxNameBytes + 1, 'n')};
+  for (const auto& name : bad) {
+    EXPECT_EQ(store_->publish_progress(3, name, 99).code(), StatusCode::kInvalidArgument) << "'" << name << "'";
+    EXPECT_EQ(store_->remove_progress(3, name).code(), StatusCode::kInvalidArgument) << "'" << name << "'";
+    EXPECT_EQ(check_progress_name(name).code(), StatusCode::kInvalidArgument) << "'" << name << "'";
+  }
+  EXPECT_TRUE(check_progress_name("..a").is_ok());
+  EXPECT_EQ(store_->progress(3).value(), (Markers{{"10.0.0.1:7000", 12}, {"10.0.0.3:7000", UINT64_MAX}}));
+}
+
+// Two publishers (two sessions on ZooKeeper) raise one marker, interleaving
+// their values (one the even, one the odd): a stale read-then-write would put
+// it back. Each sees it never below what it published or read before, and it
+// ends at the maximum.
+TEST_P(ConfigStoreContract, ConcurrentPublishersLeaveTheMaximum) {
+  constexpr uint64_t kEach = 150;
+  ConfigStore* stores[2] = {store_.get(), &other()};
+  Status failed[2];
+  std::thread publishers[2];
+  for (int k = 0; k < 2; ++k)
+    publishers[k] = std::thread([&, k] {
+      uint64_t floor = 0;
+      for (uint64_t i = 0; i < kEach; ++i) {
+        const uint64_t v = 2 * i + uint64_t(k) + 1;
+        if (Status s = stores[k]->publish_progress(8, "applier", v); !s.is_ok()) {
+          failed[k] = s;
+          return;
+        }
+        auto now = stores[k]->progress(8);
+        if (!now.is_ok()) {
+          failed[k] = now.status();
+          return;
+        }
+        if (now->size() != 1 || (*now)[0].first != "applier" || (*now)[0].second < std::max(v, floor)) {
+          failed[k] = internal_error("after publishing " + std::to_string(v) + " (having read " +
+                                     std::to_string(floor) + ") the marker went back");
+          return;
+        }
+        floor = (*now)[0].second;
+      }
+    });
+  for (auto& t : publishers) t.join();
+  for (const auto& f : failed) EXPECT_TRUE(f.is_ok()) << f.to_string();
+  EXPECT_EQ(store_->progress(8).value(), (Markers{{"applier", 2 * kEach}}));
+}
+
 #ifdef HYPERLOOP_HAVE_ZOOKEEPER
 INSTANTIATE_TEST_SUITE_P(Stores, ConfigStoreContract, ::testing::Values(Kind::kInMemory, Kind::kZooKeeper),
                          [](const auto& i) { return i.param == Kind::kInMemory ? "InMemory" : "ZooKeeper"; });
@@ -314,9 +398,34 @@ TEST(ZooKeeperStore, WhatTheServerHoldsIsValidatedAndADeadServerIsUnavailable) {
   zk.process().kill_and_reap();
   auto gone = store.read(3);
   EXPECT_EQ(gone.status().code(), StatusCode::kUnavailable) << gone.status().to_string();
+  EXPECT_EQ(store.publish_progress(3, "h", 1).code(), StatusCode::kUnavailable);
+  EXPECT_EQ(store.progress(3).status().code(), StatusCode::kUnavailable);
   ZooKeeperOptions quick = zk.options();
   quick.connect_timeout_ms = 500;
   EXPECT_EQ(zookeeper_config_store(quick).status().code(), StatusCode::kUnavailable);
+}
+
+// A marker whose znode does not hold a decimal uint64 is kDataLoss naming it,
+// never read as a value. This test has no raw ZooKeeper client to write
+// garbage with; instead a store rooted at the tenant's progress folder
+// creates <folder>/tenants with no data (ZooKeeperStore::start), which the
+// tenant's store sees as a marker "tenants" with an empty value.
+TEST(ZooKeeperStore, AMalformedProgressMarkerIsDataLoss) {
+  ZooKeeperServer zk;
+  ASSERT_TRUE(zk.ok()) << zk.why();
+  auto s = zookeeper_config_store(zk.options());
+  ASSERT_TRUE(s.is_ok()) << s.status().to_string();
+  ConfigStore& store = **s;
+  ASSERT_TRUE(store.publish_progress(7, "10.0.0.1:7000", 5).is_ok());
+  auto planter = zookeeper_config_store(zk.options("/hyperloop/tenants/7.progress"));
+  ASSERT_TRUE(planter.is_ok()) << planter.status().to_string();
+  auto p = store.progress(7);
+  ASSERT_EQ(p.status().code(), StatusCode::kDataLoss) << p.status().to_string();
+  EXPECT_NE(p.status().message().find("/hyperloop/tenants/7.progress/tenants"), std::string::npos)
+      << p.status().to_string();
+  EXPECT_EQ(store.publish_progress(7, "tenants", 1).code(), StatusCode::kDataLoss) << "never written over unread";
+  ASSERT_TRUE(store.remove_progress(7, "tenants").is_ok()) << "the operator's way out";
+  EXPECT_EQ(store.progress(7).value(), (Markers{{"10.0.0.1:7000", 5}}));
 }
 #endif
 

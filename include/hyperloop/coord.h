@@ -18,6 +18,10 @@
 //                             <root>/tenants/<id>, its data the record's text
 //                             (encode_config), its stat.version the version here
 //
+// Beside the record, each tenant has named progress markers (monotonic
+// counters, e.g. how far each replica has made a log durable): on ZooKeeper
+// <root>/tenants/<id>.progress/<name>, each marker's data its decimal value.
+//
 // Thread-safety: every ConfigStore is safe to call from several threads.
 // Errors are values; nothing here throws.
 #pragma once
@@ -26,6 +30,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "hyperloop/status.h"
@@ -63,6 +68,11 @@ inline constexpr size_t kMaxRecordBytes = 8192;
 // kMaxNameBytes printable non-space ASCII bytes (an owner may be empty), no
 // endpoint twice. kInvalidArgument naming what is wrong.
 Status check_config(const TenantConfig& c);
+
+// Checks a progress marker's name: 1 to kMaxNameBytes printable non-space
+// ASCII bytes (the record's name rule), no '/', and not "." or ".." (on
+// ZooKeeper the name is a znode's). kInvalidArgument otherwise.
+Status check_progress_name(std::string_view name);
 
 // The record's text, one field per line, readable with zkCli's `get`:
 //   hyperloop-tenant-config 1
@@ -116,6 +126,36 @@ class ConfigStore {
   // expired it, or will as it sees the time pass). A claim made while this
   // returned k is gone once it returns more: the owner must fence itself.
   virtual uint64_t sessions_lost() const { return 0; }
+
+  // ---- progress markers (off the data path) ----
+  // A tenant's named monotonic counters: e.g. each replica host's applier of
+  // a replicated log publishes how far it has made the log durable in its own
+  // store, and the log's writer reuses space only below the minimum.
+  // publish_progress sets `name` to `value` unless it already holds a higher
+  // value (a marker never goes back: a late or duplicated publish is ignored,
+  // OK). Names follow check_progress_name; kInvalidArgument otherwise. On
+  // ZooKeeper the check and the write are one versioned step, so the rule
+  // holds under concurrent publishers (from any session); kUnavailable after
+  // a connection loss leaves the publish's outcome unknown (publishing again
+  // is harmless); kAborted if other publishers kept advancing the marker
+  // through every retry.
+  // (The defaults, kNotSupported, are for wrappers that keep no markers;
+  // both stores here override all three.)
+  virtual Status publish_progress(uint32_t tenant, const std::string& name, uint64_t value) {
+    (void)tenant, (void)name, (void)value;
+    return not_supported(describe() + " keeps no progress markers");
+  }
+  // Every marker of the tenant (empty if none), sorted by name. kDataLoss
+  // naming the marker if the store holds one that is not a decimal uint64.
+  virtual Result<std::vector<std::pair<std::string, uint64_t>>> progress(uint32_t tenant) {
+    (void)tenant;
+    return not_supported(describe() + " keeps no progress markers");
+  }
+  // Removes one marker (a replica that left for good). OK if absent.
+  virtual Status remove_progress(uint32_t tenant, const std::string& name) {
+    (void)tenant, (void)name;
+    return not_supported(describe() + " keeps no progress markers");
+  }
 };
 
 std::unique_ptr<ConfigStore> in_memory_config_store();
