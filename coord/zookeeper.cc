@@ -223,12 +223,16 @@ class ZooKeeperStore final : public ConfigStore {
 
   uint64_t sessions_lost() const override {
     std::lock_guard<std::mutex> l(state_mu_);
-    uint64_t n = expired_;
-    // Cut off for the session timeout: the session is as good as gone.
-    if (state_ == ZOO_CONNECTING_STATE && cut_since_ns_ != 0 && negotiated_ms_ != 0 &&
-        mono_ns() - cut_since_ns_ >= uint64_t(negotiated_ms_) * 1'000'000)
-      ++n;
-    return n;
+    // Cut off for the session timeout: the session is as good as gone, and
+    // this client gives it up for good (counted once; the next call closes
+    // the handle, which ends the session and its claim even if the server,
+    // stopped or slow, had not expired it yet and the client got back in).
+    if (!abandoned_ && state_ == ZOO_CONNECTING_STATE && cut_since_ns_ != 0 && negotiated_ms_ != 0 &&
+        mono_ns() - cut_since_ns_ >= uint64_t(negotiated_ms_) * 1'000'000) {
+      abandoned_ = true;
+      ++expired_;
+    }
+    return expired_;
   }
 
  private:
@@ -266,7 +270,7 @@ class ZooKeeperStore final : public ConfigStore {
     } else if (state == ZOO_CONNECTING_STATE && self->state_ == ZOO_CONNECTED_STATE) {
       self->cut_since_ns_ = mono_ns();
     } else if (state == ZOO_EXPIRED_SESSION_STATE && self->state_ != ZOO_EXPIRED_SESSION_STATE) {
-      ++self->expired_;
+      if (!self->abandoned_) ++self->expired_;  // an abandoned session was counted already
       self->cut_since_ns_ = 0;
     }
     self->state_ = state;
@@ -282,15 +286,20 @@ class ZooKeeperStore final : public ConfigStore {
   // (an expired handle refuses every call). REQUIRES: call_mu_ held.
   Status connect_locked() {
     int state;
+    bool abandoned;
     {
       std::lock_guard<std::mutex> l(state_mu_);
       state = state_;
+      abandoned = abandoned_;
     }
-    if (zh_ && state != ZOO_EXPIRED_SESSION_STATE && state != ZOO_AUTH_FAILED_STATE) return Status::ok();
+    if (zh_ && !abandoned && state != ZOO_EXPIRED_SESSION_STATE && state != ZOO_AUTH_FAILED_STATE)
+      return Status::ok();
     close_handle();
     {
       std::lock_guard<std::mutex> l(state_mu_);
       state_ = 0;
+      abandoned_ = false;
+      cut_since_ns_ = 0;
     }
     zoo_set_debug_level(ZOO_LOG_LEVEL_ERROR);
     zh_ = zookeeper_init(o_.hosts.c_str(), &ZooKeeperStore::watcher, int(o_.session_timeout_ms), nullptr, this, 0);
@@ -313,7 +322,8 @@ class ZooKeeperStore final : public ConfigStore {
   mutable std::mutex state_mu_;
   std::condition_variable state_cv_;
   int state_ = 0;  // the last session state the watcher reported
-  uint64_t expired_ = 0;       // sessions the server expired
+  mutable uint64_t expired_ = 0;  // sessions lost: expired by the server, or abandoned
+  mutable bool abandoned_ = false;  // the current session was counted lost (cut off too long)
   uint64_t cut_since_ns_ = 0;  // when the connection was lost (0: connected)
   uint32_t negotiated_ms_ = 0;  // the session timeout the server granted
 };
