@@ -70,7 +70,7 @@ Status check_batch(rocksdb::WriteBatch& batch, const BatchHeader& h, const std::
 
 }  // namespace
 
-Status check_options(const rocksdb::DBOptions& o, uint64_t ring_bytes) {
+Status check_options(const rocksdb::Options& o, uint64_t ring_bytes) {
   if (o.recycle_log_file_num != 0) return invalid_argument("replicated WAL: recycle_log_file_num must be 0");
   if (o.wal_compression != rocksdb::kNoCompression)
     return invalid_argument("replicated WAL: wal_compression must be kNoCompression");
@@ -81,10 +81,13 @@ Status check_options(const rocksdb::DBOptions& o, uint64_t ring_bytes) {
   if (o.max_total_wal_size == 0 || o.max_total_wal_size > ring_bytes / 2)
     return invalid_argument("replicated WAL: max_total_wal_size must be set, at most half the ring (" +
                             std::to_string(ring_bytes / 2) + " bytes)");
+  if (o.write_buffer_size > ring_bytes / 4)
+    return invalid_argument("replicated WAL: write_buffer_size must be at most a quarter of the ring (" +
+                            std::to_string(ring_bytes / 4) + " bytes)");
   return Status::ok();
 }
 
-void apply_required_options(rocksdb::DBOptions& o, uint64_t ring_bytes) {
+void apply_required_options(rocksdb::Options& o, uint64_t ring_bytes) {
   o.recycle_log_file_num = 0;
   o.wal_compression = rocksdb::kNoCompression;
   o.manual_wal_flush = false;
@@ -92,6 +95,7 @@ void apply_required_options(rocksdb::DBOptions& o, uint64_t ring_bytes) {
   o.two_write_queues = false;
   o.unordered_write = false;
   o.max_total_wal_size = ring_bytes / 4;
+  o.write_buffer_size = std::min<size_t>(o.write_buffer_size, ring_bytes / 4);
 }
 
 bool is_wal_name(const std::string& path, uint64_t* number) {

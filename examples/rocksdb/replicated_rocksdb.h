@@ -18,8 +18,9 @@
 // Required RocksDB options (check_options says which is wrong):
 // recycle_log_file_num = 0, wal_compression = kNoCompression,
 // manual_wal_flush = false, allow_2pc = false, two_write_queues = false,
-// unordered_write = false; and max_total_wal_size well below the ring
-// (WAL files are released from the ring as RocksDB deletes them).
+// unordered_write = false; and max_total_wal_size and write_buffer_size
+// well below the ring (WAL files are released from the ring as RocksDB
+// deletes them).
 //
 // Thread-safety: the FileSystem is used by RocksDB from any thread. An
 // Applier is driven by one thread at a time (poll, or ApplierThread).
@@ -45,10 +46,13 @@
 
 namespace hyperloop::rocks {
 
-// kInvalidArgument naming the first option the replicated WAL cannot serve.
-Status check_options(const rocksdb::DBOptions& o, uint64_t ring_bytes);
-// Sets the options above (and max_total_wal_size to a quarter of the ring).
-void apply_required_options(rocksdb::DBOptions& o, uint64_t ring_bytes);
+// kInvalidArgument naming the first option the replicated WAL cannot serve
+// (write_buffer_size above a quarter of the ring included: RocksDB starts a
+// new WAL file when a memtable fills, and the ring releases only whole files).
+Status check_options(const rocksdb::Options& o, uint64_t ring_bytes);
+// Sets the options above: max_total_wal_size to a quarter of the ring and
+// write_buffer_size to at most that. Call it after any other tuning.
+void apply_required_options(rocksdb::Options& o, uint64_t ring_bytes);
 
 // True for a RocksDB WAL file name: digits then ".log" (the last component).
 bool is_wal_name(const std::string& path, uint64_t* number = nullptr);

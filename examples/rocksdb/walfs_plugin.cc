@@ -3,7 +3,7 @@
 //
 //   HYPERLOOP_WALFS="replicas=3,mode=offload"
 //   LD_PRELOAD=build/examples/rocksdb/libhyperloop_walfs.so
-//     db_bench --fs_uri=hyperloop --benchmarks=fillrandom --sync=1 --max_total_wal_size=16777216
+//     db_bench --fs_uri=hyperloop --benchmarks=fillrandom --sync=1 --write_buffer_size=4194304
 //   (one command line)
 //
 // Loading the library registers the FileSystem "hyperloop" in RocksDB's

@@ -13,7 +13,7 @@
 
 namespace rocksdb {
 class Env;
-struct DBOptions;
+struct Options;
 }
 
 namespace hyperloop::ycsb {
@@ -26,8 +26,8 @@ class EnvHandle {
   // The Env to put in rocksdb::Options::env; nullptr means RocksDB's default.
   virtual rocksdb::Env* env() = 0;
   // Sets the options the storage needs (the replicated WAL's: its
-  // check_options rules); called on the options before the DB is opened.
-  virtual void adjust_options(rocksdb::DBOptions&) {}
+  // check_options rules); called last on the options, before the DB opens.
+  virtual void adjust_options(rocksdb::Options&) {}
 };
 
 // The Env named by `spec`. Errors: kInvalidArgument for a spec this build does

@@ -4,6 +4,7 @@
 //                                  (parse_embedded_options: replicas=3,
 //                                  mode=offload|cpu, ring_mb, ...)
 #include <rocksdb/env.h>
+#include <rocksdb/options.h>
 
 #include "replicated_rocksdb.h"
 #include "ycsb_env.h"
@@ -23,7 +24,7 @@ class ReplicatedEnv final : public EnvHandle {
   std::unique_ptr<rocksdb::Env> e;
   uint64_t ring_bytes = 0;
   rocksdb::Env* env() override { return e.get(); }
-  void adjust_options(rocksdb::DBOptions& o) override { rocks::apply_required_options(o, ring_bytes); }
+  void adjust_options(rocksdb::Options& o) override { rocks::apply_required_options(o, ring_bytes); }
   ~ReplicatedEnv() override {
     e.reset();
     fs.reset();

@@ -241,10 +241,10 @@ int run_main(int argc, char** argv) {
   options.create_if_missing = true;
   options.info_log_level = rocksdb::WARN_LEVEL;
   if ((*env)->env() != nullptr) options.env = (*env)->env();
-  (*env)->adjust_options(options);
   // As YCSB's RocksDB binding (RocksDBClient.initRocksDB) sets them.
   options.OptimizeLevelStyleCompaction();
   options.IncreaseParallelism(static_cast<int>(std::max(1u, std::thread::hardware_concurrency()) * 2));
+  (*env)->adjust_options(options);
 
   if (!f.use_existing) {
     // Removes only RocksDB's files in the directory, through the chosen Env.
