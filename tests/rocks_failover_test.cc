@@ -28,6 +28,8 @@ using namespace hyperloop::daemon_test;
 
 constexpr uint32_t kTenant = 1;
 constexpr int kReplicas = 3;
+// A 4 MiB ring: every opening reads the whole region of each replica.
+constexpr const char* kRingMb = "4";
 
 struct Node {
   std::unique_ptr<Process> proc;
@@ -73,7 +75,7 @@ class RocksFailoverTest : public ::testing::Test {
     watchdog_.phase("starting ZooKeeper");
     zk_ = std::make_unique<ZooKeeperServer>();
     ASSERT_TRUE(zk_->ok()) << "could not start ZooKeeper: " << zk_->why();
-    RunResult r = run_command({HYPERLOOP_ROCKS_BIN, "region-bytes"}, dir_.path(), 10'000);
+    RunResult r = run_command({HYPERLOOP_ROCKS_BIN, "region-bytes", "--ring-mb", kRingMb}, dir_.path(), 10'000);
     ASSERT_EQ(r.code, 0) << r.err;
     region_ = std::stoull(r.out);
     for (int i = 0; i < kReplicas; ++i) {
@@ -101,13 +103,14 @@ class RocksFailoverTest : public ::testing::Test {
   std::unique_ptr<Node> applier(int i) {
     return spawn("applier" + std::to_string(i),
                  {"applier", "--zk", zk_->hosts(), "--tenant", std::to_string(kTenant), "--name",
-                  "replica-" + std::to_string(i), "--region", region_file(i), "--dir", dir_.file("db" + std::to_string(i))});
+                  "replica-" + std::to_string(i), "--region", region_file(i), "--dir", dir_.file("db" + std::to_string(i)),
+                  "--ring-mb", kRingMb});
   }
   std::unique_ptr<Node> writer(const std::string& owner, const std::string& dir, const std::string& appliers,
                                std::vector<std::string> extra = {}) {
     std::vector<std::string> argv = {"writer", "--zk", zk_->hosts(), "--tenant", std::to_string(kTenant),
                                      "--secret", to_hex(tenant_secret(kTenant)), "--chain", chain(), "--owner",
-                                     owner, "--tag", owner, "--dir", dir, "--appliers", appliers};
+                                     owner, "--tag", owner, "--dir", dir, "--appliers", appliers, "--ring-mb", kRingMb};
     argv.insert(argv.end(), extra.begin(), extra.end());
     return spawn(owner, argv);
   }

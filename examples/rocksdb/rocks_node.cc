@@ -7,6 +7,7 @@
 //       area's offset in it
 //   hyperloop-rocks writer --zk H:P --tenant T --secret HEX --chain IP:P,... --owner NAME
 //                          --dir DIR [--tag S] [--count N] [--ring-mb M] [--appliers a,b,...]
+//                          [--op-timeout-ms MS (5000)]
 //       opens DIR as the primary (open_primary: the ring's batches above its
 //       sequence number are applied first; a promoted replica passes its
 //       applier's DIR), taking the tenant over (a new epoch: the previous
@@ -137,7 +138,13 @@ int writer(const Flags& f) {
   w.appliers = split(f.get("--appliers"));
   txn::StoreOptions so = rocks::ring_store_options(w.tenant, w);
   so.group.secret = secret;
-  so.group.op_timeout_ns = 500'000'000;
+  // Opening reads every replica's whole region (recovery): generous by
+  // default, so a loaded host (a sanitizer build, 2 shared cores) is not taken
+  // for a dead one.
+  uint64_t op_ms = 5000;
+  if (f.has("--op-timeout-ms") && (!parse_u64(f.get("--op-timeout-ms"), &op_ms) || op_ms == 0))
+    return usage("--op-timeout-ms needs a positive number");
+  so.group.op_timeout_ns = op_ms * 1'000'000;
   so.membership.config = zk.value().get();
   so.membership.owner = owner;
   so.membership.heartbeat_interval_ns = 0;
