@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -28,6 +29,7 @@
 #include "hyperloop/clock.h"
 #include "hyperloop/internal/rxe_wqe.h"
 #include "hyperloop/log.h"
+#include "verbs_util.h"
 
 namespace hyperloop::verbs {
 namespace {
@@ -36,44 +38,14 @@ using rnic::QpState;
 using rnic::WcOpcode;
 using rnic::WcStatus;
 using rnic::WrOpcode;
-
-std::string errno_text(int e) { return std::string(std::strerror(e)); }
-
-// Maps an errno of a verbs call to a status code.
-Status from_errno(int e, const std::string& what) {
-  e = e < 0 ? -e : e;
-  const std::string m = what + ": " + errno_text(e);
-  switch (e) {
-    case ENOMEM:
-    case ENOSPC:
-    case EMFILE:
-    case ENFILE:
-    case EAGAIN: return resource_exhausted(m);
-    case EINVAL: return invalid_argument(m);
-    case EOPNOTSUPP:
-    case ENOSYS: return not_supported(m);
-    case EPERM:
-    case EACCES: return permission_denied(m);
-    case EFAULT: return invalid_argument(m);
-    case ENODEV:
-    case ENXIO:
-    case EIO: return unavailable(m);
-    default: return internal_error(m);
-  }
-}
-
-uint32_t floor_pow2(uint64_t v) {
-  if (v == 0) return 0;
-  uint64_t p = 1;
-  while (p * 2 <= v && p * 2 <= (1ull << 31)) p *= 2;
-  return uint32_t(p);
-}
-
-uint32_t random_psn() {
-  uint32_t v = 0;
-  if (getrandom(&v, sizeof v, 0) != sizeof v) v = uint32_t(monotonic_ns());
-  return v & 0xffffff;
-}
+using util::PeerAddr;
+using util::decode_addr;
+using util::encode_addr;
+using util::errno_text;
+using util::floor_pow2;
+using util::from_errno;
+using util::random_psn;
+using util::choose_gid;
 
 WcStatus map_status(ibv_wc_status s) {
   switch (s) {
@@ -174,54 +146,6 @@ QpState map_state(ibv_qp_state s) {
   }
 }
 
-// ---- the address blob --------------------------------------------------------------
-// "HLV1" | qpn be32 | psn be32 | lid be16 | mtu u8 | link layer u8 | gid[16]
-constexpr char kAddrMagic[4] = {'H', 'L', 'V', '1'};
-constexpr uint32_t kAddrSize = 32;
-
-struct PeerAddr {
-  uint32_t qpn = 0, psn = 0;
-  uint16_t lid = 0;
-  uint8_t mtu = 0, link_layer = 0;
-  ibv_gid gid{};
-};
-
-rnic::QpAddress encode_addr(const PeerAddr& a) {
-  rnic::QpAddress out;
-  auto* p = reinterpret_cast<uint8_t*>(out.bytes.data());
-  std::memcpy(p, kAddrMagic, 4);
-  const uint32_t qpn = htobe32(a.qpn), psn = htobe32(a.psn);
-  const uint16_t lid = htobe16(a.lid);
-  std::memcpy(p + 4, &qpn, 4);
-  std::memcpy(p + 8, &psn, 4);
-  std::memcpy(p + 12, &lid, 2);
-  p[14] = a.mtu;
-  p[15] = a.link_layer;
-  std::memcpy(p + 16, a.gid.raw, 16);
-  out.size = kAddrSize;
-  return out;
-}
-
-// Every field from the peer is checked before use.
-bool decode_addr(const rnic::QpAddress& in, PeerAddr* a) {
-  if (in.size != kAddrSize) return false;
-  const auto* p = reinterpret_cast<const uint8_t*>(in.bytes.data());
-  if (std::memcmp(p, kAddrMagic, 4) != 0) return false;
-  uint32_t qpn, psn;
-  uint16_t lid;
-  std::memcpy(&qpn, p + 4, 4);
-  std::memcpy(&psn, p + 8, 4);
-  std::memcpy(&lid, p + 12, 2);
-  a->qpn = be32toh(qpn);
-  a->psn = be32toh(psn);
-  a->lid = be16toh(lid);
-  a->mtu = p[14];
-  a->link_layer = p[15];
-  std::memcpy(a->gid.raw, p + 16, 16);
-  return a->qpn <= 0xffffff && a->psn <= 0xffffff && a->mtu >= IBV_MTU_256 && a->mtu <= IBV_MTU_4096 &&
-         (a->link_layer == IBV_LINK_LAYER_ETHERNET || a->link_layer == IBV_LINK_LAYER_INFINIBAND);
-}
-
 class VerbsCq;
 
 // ---- what every object of one device shares -----------------------------------------
@@ -231,6 +155,8 @@ struct Ctx {
   uint8_t port = 1;
   int gid_index = 0;
   ibv_gid gid{};
+  bool has_mac = false;  // RoCE: the GID's netdev MAC, carried in QP addresses
+  std::array<uint8_t, 6> mac{};
   uint16_t lid = 0;
   uint8_t link_layer = IBV_LINK_LAYER_ETHERNET;
   ibv_mtu mtu = IBV_MTU_1024;
@@ -523,7 +449,10 @@ class VerbsQp final : public rnic::QueuePair {
     return map_state(a.qp_state);
   }
   rnic::QpAddress address() const override {
-    return encode_addr(PeerAddr{qp->qp_num, psn, d->lid, uint8_t(d->mtu), d->link_layer, d->gid});
+    PeerAddr a{qp->qp_num, psn, d->lid, uint8_t(d->mtu), d->link_layer, d->gid};
+    a.has_mac = d->has_mac;  // lets an rnic/mlx5 (DevX) QP address this one
+    a.mac = d->mac;
+    return encode_addr(a);
   }
 
   Status modify(ibv_qp_attr& a, int mask, QpState to, const char* what) {
@@ -965,22 +894,6 @@ class VerbsDevice final : public rnic::Device {
   std::unique_ptr<Ctx> c_;
 };
 
-// The GID a RoCE v2 QP should use: IPv4-mapped RoCE v2 first, then any RoCE
-// v2, then entry 0 (InfiniBand, or RoCE v1 only).
-int choose_gid(ibv_context* ctx, uint8_t port, int table_len) {
-  int any_v2 = -1;
-  for (int i = 0; i < table_len; ++i) {
-    ibv_gid_entry e{};
-    if (ibv_query_gid_ex(ctx, port, uint32_t(i), &e, 0) != 0) continue;
-    if (e.gid_type != IBV_GID_TYPE_ROCE_V2) continue;
-    const uint8_t* g = e.gid.raw;
-    static const uint8_t v4_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    if (std::memcmp(g, v4_prefix, 12) == 0) return i;
-    if (any_v2 < 0) any_v2 = i;
-  }
-  return any_v2 >= 0 ? any_v2 : 0;
-}
-
 // Largest inline payload a QP of this device accepts (verbs has no query
 // for it: ask for less until a QP can be created).
 uint32_t probe_inline(ibv_context* ctx, ibv_pd* pd, ibv_cq* cq, uint32_t max_sge) {
@@ -1062,6 +975,12 @@ Result<std::unique_ptr<rnic::Device>> open(std::string_view name, const Options&
   }
   if (int rc = ibv_query_gid(c->ctx, options.port, c->gid_index, &c->gid))
     return from_errno(rc, "ibv_query_gid(" + c->name + ")");
+  if (c->link_layer == IBV_LINK_LAYER_ETHERNET) {
+    if (auto mac = util::gid_mac(c->ctx, options.port, c->gid_index); mac.is_ok()) {
+      c->has_mac = true;
+      c->mac = *mac;
+    }
+  }
 
   auto& k = c->caps;
   k.name = c->name;
