@@ -14,6 +14,10 @@
 #ifdef HYPERLOOP_HAVE_VERBS
 #include "hyperloop/verbs_rnic.h"
 #endif
+#ifdef HYPERLOOP_HAVE_MLX5
+#include "hyperloop/log.h"
+#include "hyperloop/mlx5_rnic.h"
+#endif
 
 namespace hyperloop::rnic {
 
@@ -27,8 +31,21 @@ Result<std::unique_ptr<Device>> open_device(std::string_view name) {
     return std::unique_ptr<Device>(std::move(nic).value());
   }
 #ifdef HYPERLOOP_HAVE_VERBS
-  // Every rdma-core device, mlx5_* included, opens through standard verbs
-  // (rnic/mlx5, with cross-channel, is issue 15's).
+  // "verbs:NAME" forces standard verbs (rnic/verbs) on any rdma-core device.
+  if (name.starts_with("verbs:")) return verbs::open(name.substr(6));
+#ifdef HYPERLOOP_HAVE_MLX5
+  // An mlx5 device opens through DevX (rnic/mlx5: cross-channel, raw rings);
+  // where the kernel or firmware refuses a DevX context, through verbs.
+  for (const auto& n : mlx5dev::device_names()) {
+    if (n != name) continue;
+    auto m = mlx5dev::open(name);
+    if (m.is_ok() || m.status().code() != StatusCode::kNotSupported) return m;
+    log(LogLevel::kWarn, "devices", "mlx5_devx_refused",
+        {{"device", std::string(name)}, {"error", m.status().to_string()}, {"fallback", "rnic/verbs"}});
+    break;
+  }
+#endif
+  // Every other rdma-core device (rxe0, ...) through standard verbs.
   auto d = verbs::open(name);
   if (d.is_ok() || d.status().code() != StatusCode::kNotFound) return d;
   return not_found("no RNIC named '" + std::string(name) + "' (this machine has: " + [] {

@@ -4,10 +4,13 @@
 // into work-queue memory, so the mlx5 WQE ring format is part of the contract
 // (see hyperloop/mlx5/wqe.h). Backends:
 //   "soft", "soft:<name>"  rnic/soft, the software RNIC (embedded default)
-//   rdma-core names        rnic/verbs (hyperloop/verbs_rnic.h): rxe0, mlx5_0,
-//                          ... through standard verbs; cross-channel only on
-//                          rxe with driver-patches/linux-6.1-rxe-cross-channel
-//                          (rnic/mlx5 with DevX cross-channel is to come)
+//   mlx5 names (mlx5_0)    rnic/mlx5 (hyperloop/mlx5_rnic.h): ConnectX through
+//                          mlx5dv + DevX: raw rings, cross-channel where the
+//                          HCA has `cd` (never run on hardware: docs/mlx5.md)
+//   other rdma-core names  rnic/verbs (hyperloop/verbs_rnic.h): rxe0, ...
+//                          through standard verbs; cross-channel only on rxe
+//                          with driver-patches/linux-6.1-rxe-cross-channel;
+//                          "verbs:mlx5_0" forces verbs on an mlx5 device
 //
 // Capabilities are explicit (DeviceCaps); an operation the device cannot do
 // returns StatusCode::kNotSupported, never undefined behaviour.

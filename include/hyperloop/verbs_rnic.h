@@ -18,8 +18,9 @@
 // WAIT/SEND_EN/RECV_EN, managed queues and ignore-overrun CQs work, through
 // the module's interface (its README; docs/verbs.md), and caps say so. No
 // new opcode is ever posted without that marker.
-// The primitives run here in ForwardMode::kCpuForward only; offload also
-// needs raw rings (rnic/mlx5; rxe's WQE format is to come).
+// The primitives' offload mode runs here only on the patched rxe (its own
+// ring, SendWqeFormat::kRxe); everywhere else in ForwardMode::kCpuForward.
+// mlx5 devices open through rnic/mlx5 instead, unless named "verbs:mlx5_N".
 //
 // Addressing: port 1 (Options::port); the GID is the first RoCE v2 entry of
 // the port's table that maps an IPv4 address, else the first RoCE v2 entry,
