@@ -63,6 +63,24 @@ if [[ -n "$ASAN" ]]; then
   gtest "conformance_test (ASan) on rxe0" conf-asan env HYPERLOOP_CONFORMANCE_DEVICES=rxe0 "$ASAN/tests/conformance_test"
 fi
 
+# hyperloop-probe (docs/probe.md): exit 0 means every step PASSed or was
+# n/a. The stock rxe has atomics but no cross-channel: rc-write and
+# atomic-cas PASS, the four cross-channel steps are n/a by its caps. The
+# patched rxe runs them all (the conformance suite's WAIT and SEND_EN tests,
+# the primitives' RECV-patching and offload chains, above and below).
+step "hyperloop-probe --device rxe0"
+"$BUILD/tools/hyperloop-probe" --device rxe0 --timeout-ms 30000 >"$LOGS/probe.log" 2>&1
+rc=$?
+grep -E '^(PASS|FAIL|n/a|summary)' "$LOGS/probe.log" | sed 's/^/   /'
+[[ $rc -eq 0 ]] || { cat "$LOGS/probe.log" >&2; fail "hyperloop-probe --device rxe0 (exit $rc)"; }
+if [[ "$CC" == 1 ]]; then
+  probe_pass="rc-write atomic-cas wait send-enable recv-patch chain-offload" probe_na=""
+else
+  probe_pass="rc-write atomic-cas" probe_na="wait send-enable recv-patch chain-offload"
+fi
+for s in $probe_pass; do grep -q "^PASS $s " "$LOGS/probe.log" || fail "hyperloop-probe: $s did not PASS on rxe0"; done
+for s in $probe_na; do grep -q "^n/a $s " "$LOGS/probe.log" || fail "hyperloop-probe: $s is not n/a on the stock rxe0"; done
+
 step "device suites on rxe0: primitives, txn, daemons"
 export HYPERLOOP_DAEMON_TEST_WATCHDOG_S="${HYPERLOOP_DAEMON_TEST_WATCHDOG_S:-600}"
 bash "$repo/tests/device-suites.sh" rxe0 "$BUILD" || fail "device suites on rxe0"

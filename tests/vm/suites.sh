@@ -10,6 +10,8 @@
 #                      SIGKILL recovery; then --netns: daemons in ns1/ns2 on
 #                      rxe1/rxe2, the client in ns1
 #   hyperloop-perf     all in one process on rxe0 (under TCG: not performance)
+#   hyperloop-probe    --device rxe0: exit 0, rc-write and atomic-cas PASS, the
+#                      cross-channel steps n/a (all PASS on the patched rxe)
 #   patched rxe        a second boot with driver-patches/linux-6.1-rxe-cross-channel's
 #                      rdma_rxe (built by its build.sh): verbs_test expecting
 #                      cross-channel, conformance_test on soft and rxe0, the
@@ -40,6 +42,7 @@ for b in verbs_test conformance_test primitives_test txn_test daemon_test; do
   [[ -x "$build/tests/$b" ]] || { echo "vm-suites: ERROR: $build/tests/$b missing (build first)" >&2; exit 125; }
 done
 [[ -x "$build/tools/hyperloop-perf" ]] || { echo "vm-suites: ERROR: $build/tools/hyperloop-perf missing (build first)" >&2; exit 125; }
+[[ -x "$build/tools/hyperloop-probe" ]] || { echo "vm-suites: ERROR: $build/tools/hyperloop-probe missing (build first)" >&2; exit 125; }
 echo "vm-suites: the stock rdma_rxe" >&2
 "$here/run.sh" --netns2 --timeout "${VM_SUITES_TIMEOUT:-1500}" -- "$here/suites-guest.sh" "$build" $asan
 # Second boot: the same kernel with the cross-channel rdma_rxe, built here
