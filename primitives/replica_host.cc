@@ -2,7 +2,10 @@
 // slot arming that makes the NIC forward by itself, and the host's agent
 // thread: in offload mode it only re-arms used slots, in batches; in CPU
 // forwarding mode it polls, forwards and re-posts (the baseline).
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -15,6 +18,7 @@
 
 #include "control.h"
 #include "host_access.h"
+#include "hyperloop/clock.h"
 #include "hyperloop/internal/memory_limits.h"
 #include "hyperloop/log.h"
 
@@ -46,9 +50,25 @@ struct ReplicaHost::Impl {
   std::atomic<uint64_t> cpu_ns{0};
   std::atomic<uint64_t> rearmed{0};
   std::atomic<uint64_t> forwarded{0};
+  std::atomic<uint64_t> event_sleeps{0}, event_wakeups{0};
   std::atomic<uint64_t> broken_total{0};
   std::atomic<int64_t> holds{0};  // HostHolds on this host
+  // ReplicaHostOptions::CpuWait::kEvents: the channel every CPU-forwarding
+  // member's CQs are attached to, and an eventfd that wakes the agent for
+  // stop, freeze and new members. Null / -1 when the agent spins.
+  std::unique_ptr<rnic::CompletionChannel> channel;
+  int wake_fd = -1;
 
+  ~Impl() {
+    if (wake_fd >= 0) close(wake_fd);
+  }
+  void wake() {
+    if (wake_fd < 0) return;
+    const uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = write(wake_fd, &one, sizeof one);
+  }
+  bool arm_cpu_members();
+  void wait_for_events(uint32_t timeout_us);
   void run_agent(ReplicaHost* host);
   size_t serve(Member& m);
   size_t serve_offload(Member& m);
@@ -151,9 +171,13 @@ Result<CreatedMember> internal::create_member(ReplicaHost& host, uint32_t tenant
                                                         rnic::kAccessLocalWrite | rnic::kAccessRemoteRead));
   auto& dev = *h->device;
   const uint32_t S = o.slots;
-  HL_ASSIGN_OR_RETURN(m->in_rcq, dev.create_cq({.cqe_count = std::max<uint32_t>(S, 64) * 2, .ignore_overrun = offload}));
-  HL_ASSIGN_OR_RETURN(m->loop_scq, dev.create_cq({.cqe_count = std::max<uint32_t>(S, 64) * 2, .ignore_overrun = offload}));
-  HL_ASSIGN_OR_RETURN(m->out_scq, dev.create_cq({.cqe_count = std::max<uint32_t>(S, 64) * 4}));
+  // A CPU forwarder sleeps on these three (ReplicaHostOptions::CpuWait::kEvents).
+  rnic::CompletionChannel* ch = offload ? nullptr : h->channel.get();
+  HL_ASSIGN_OR_RETURN(m->in_rcq, dev.create_cq({.cqe_count = std::max<uint32_t>(S, 64) * 2,
+                                                .ignore_overrun = offload, .channel = ch}));
+  HL_ASSIGN_OR_RETURN(m->loop_scq, dev.create_cq({.cqe_count = std::max<uint32_t>(S, 64) * 2,
+                                                  .ignore_overrun = offload, .channel = ch}));
+  HL_ASSIGN_OR_RETURN(m->out_scq, dev.create_cq({.cqe_count = std::max<uint32_t>(S, 64) * 4, .channel = ch}));
   // What nobody polls: error and flush completions of the QPs that post
   // nothing of their own (in's send side, out's and loop's receive sides,
   // loop_peer, ctrl_qp) and, in offload mode, the master's WAITs/SEND_ENs.
@@ -391,6 +415,7 @@ Status internal::start_member(ReplicaHost& host, uint32_t tenant, uint64_t membe
   m.armed_seq = m.opts.slots;
   m.publish_armed();
   m.started = true;
+  h->wake();  // an agent asleep on events serves the new member now
   return Status::ok();
 }
 
@@ -608,6 +633,37 @@ size_t ReplicaHost::agent_poll() {
   return work;
 }
 
+// Arms every started CPU-forwarding member's CQs on the channel. False if an
+// arm failed (the agent then spins this turn).
+bool ReplicaHost::Impl::arm_cpu_members() {
+  std::lock_guard<std::mutex> l(mu);
+  for (auto& [id, t] : tenants) {
+    Member* m = t->member.get();
+    if (!m || !m->started || m->broken || m->opts.mode != ForwardMode::kCpuForward) continue;
+    for (rnic::CompletionQueue* cq : {m->in_rcq.get(), m->loop_scq.get(), m->out_scq.get()})
+      if (!cq->arm().is_ok()) return false;
+  }
+  return true;
+}
+
+// Sleeps until a completion event, a wake(), or timeout_us; takes every
+// pending event (the CQs are polled dry by the next agent_poll anyway).
+void ReplicaHost::Impl::wait_for_events(uint32_t timeout_us) {
+  pollfd fds[2] = {{channel->fd(), POLLIN, 0}, {wake_fd, POLLIN, 0}};
+  const timespec ts{time_t(timeout_us / 1'000'000), long(timeout_us % 1'000'000) * 1000};
+  event_sleeps.fetch_add(1, std::memory_order_relaxed);
+  if (ppoll(fds, 2, &ts, nullptr) <= 0) return;
+  if (fds[0].revents & POLLIN) {
+    bool any = false;
+    while (channel->wait(0).is_ok()) any = true;
+    if (any) event_wakeups.fetch_add(1, std::memory_order_relaxed);
+  }
+  if (fds[1].revents & POLLIN) {
+    uint64_t v;
+    [[maybe_unused]] ssize_t n = read(wake_fd, &v, sizeof v);
+  }
+}
+
 void ReplicaHost::Impl::run_agent(ReplicaHost* host) {
   if (opts.agent_cpu >= 0) {
     cpu_set_t set;
@@ -617,6 +673,7 @@ void ReplicaHost::Impl::run_agent(ReplicaHost* host) {
   }
   const uint64_t start = thread_cpu_ns();
   uint32_t nap_us = opts.idle_sleep_us;
+  uint64_t last_work_ns = 0;
   while (!stop.load(std::memory_order_relaxed)) {
     {
       std::unique_lock<std::mutex> fl(freeze_mu);
@@ -637,10 +694,22 @@ void ReplicaHost::Impl::run_agent(ReplicaHost* host) {
     // Everything this thread burns counts, polling and sleeping included.
     cpu_ns.store(thread_cpu_ns() - start, std::memory_order_relaxed);
     // The offload agent is background work: it naps when idle. A forwarder
-    // is on the critical path and keeps polling, yielding the core when idle.
+    // is on the critical path: it sleeps on its CQs' completion events
+    // (CpuWait::kEvents), or keeps polling and yields the core (kSpin).
     // Naps grow while idle (up to 10x idle_sleep_us) and shrink at once on work.
     if (work) {
       nap_us = opts.idle_sleep_us;
+      last_work_ns = monotonic_ns();
+    } else if (cpu_members && channel && monotonic_ns() - last_work_ns < uint64_t(opts.event_spin_us) * 1000) {
+      std::this_thread::yield();  // adaptive polling: the next message is likely close
+    } else if (cpu_members && channel) {
+      // rnic.h's race-free pattern: arm, poll once more, and sleep only if
+      // that found nothing (a message that raced the arm is served now).
+      if (!arm_cpu_members()) {
+        std::this_thread::yield();
+      } else if (host->agent_poll() == 0) {
+        wait_for_events(opts.max_idle_us);
+      }
     } else if (cpu_members) {
       std::this_thread::yield();
     } else {
@@ -657,6 +726,23 @@ Result<std::unique_ptr<ReplicaHost>> ReplicaHost::create(rnic::Device& device, c
   auto impl = std::make_unique<Impl>();
   impl->device = &device;
   impl->opts = options;
+  // Event-driven forwarders: one completion channel for the host's CPU
+  // members and a wake-up descriptor (a thread of our own only).
+  if (options.agent_thread && options.cpu_wait == ReplicaHostOptions::CpuWait::kEvents &&
+      device.caps().completion_channel) {
+    auto ch = device.create_completion_channel();
+    const int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (ch.is_ok() && fd >= 0) {
+      impl->channel = std::move(ch).value();
+      impl->wake_fd = fd;
+    } else {
+      if (fd >= 0) close(fd);
+      log(LogLevel::kWarn, "replica_host", "cpu_wait_events_unavailable",
+          {{"device", device.caps().name},
+           {"error", ch.is_ok() ? std::string("eventfd failed") : ch.status().to_string()},
+           {"fallback", "spin"}});
+    }
+  }
   auto host = std::unique_ptr<ReplicaHost>(new ReplicaHost(std::move(impl)));
   if (options.agent_thread) {
     ReplicaHost* h = host.get();
@@ -696,6 +782,7 @@ ReplicaHost::~ReplicaHost() {
     impl_->freeze_requested = false;
   }
   impl_->freeze_cv.notify_all();
+  impl_->wake();
   if (impl_->agent.joinable()) impl_->agent.join();
 }
 
@@ -827,6 +914,7 @@ void ReplicaHost::freeze() {
   if (!impl_->agent.joinable()) return;  // no thread: nothing runs unless called
   std::unique_lock<std::mutex> fl(impl_->freeze_mu);
   impl_->freeze_requested = true;
+  impl_->wake();
   impl_->freeze_cv.wait(fl, [&] { return impl_->parked; });
 }
 
@@ -841,6 +929,8 @@ void ReplicaHost::thaw() {
 uint64_t ReplicaHost::agent_cpu_ns() const { return impl_->cpu_ns.load(); }
 uint64_t ReplicaHost::slots_rearmed() const { return impl_->rearmed.load(); }
 uint64_t ReplicaHost::ops_forwarded() const { return impl_->forwarded.load(); }
+uint64_t ReplicaHost::event_sleeps() const { return impl_->event_sleeps.load(); }
+uint64_t ReplicaHost::event_wakeups() const { return impl_->event_wakeups.load(); }
 
 Status ReplicaHost::peek(uint32_t tenant, uint64_t offset, std::span<std::byte> dst) const {
   std::lock_guard<std::mutex> l(impl_->mu);

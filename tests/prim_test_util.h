@@ -138,6 +138,8 @@ struct ClusterOptions {
   // kThreads: the devices are the device under test's when
   // HYPERLOOP_TEST_DEVICE is set (device_test_util.h); else soft NICs as usual.
   bool on_device = false;
+  // kThreads: how the hosts' agents wait while they forward (kCpuForward).
+  ReplicaHostOptions::CpuWait cpu_wait = ReplicaHostOptions::CpuWait::kEvents;
 };
 
 class Cluster {
@@ -157,7 +159,8 @@ class Cluster {
     for (uint32_t i = 0; i < o.replicas; ++i) {
       devs_.push_back(new_device("r" + std::to_string(i)));
       if (!on_device_) nics_.push_back(static_cast<soft::Nic*>(devs_.back().get()));
-      hosts_.push_back(must(ReplicaHost::create(*devs_.back(), {.agent_thread = o.drive == Drive::kThreads}),
+      hosts_.push_back(must(ReplicaHost::create(*devs_.back(),
+                                                {.agent_thread = o.drive == Drive::kThreads, .cpu_wait = o.cpu_wait}),
                             "ReplicaHost::create"));
       host_ptrs_.push_back(hosts_.back().get());
       must(hosts_.back()->register_tenant(kTenant, o.region_size), "register_tenant");

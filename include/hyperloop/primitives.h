@@ -100,6 +100,24 @@ struct ReplicaHostOptions {
   uint32_t idle_sleep_us = 20;
   // false: no agent thread; the caller runs agent_poll() (deterministic simulation).
   bool agent_thread = true;
+  // How an idle agent with members in kCpuForward mode waits for the next
+  // message:
+  //   kEvents  it sleeps on a completion channel attached to those members'
+  //            CQs (rnic.h's arm/wait pattern) and is woken per message, as a
+  //            tuned production forwarder blocks on completion events. Needs
+  //            caps.completion_channel; elsewhere it spins. The sleep is
+  //            bounded by max_idle_us so that heartbeats keep beating.
+  //   kSpin    it keeps polling, yielding the core when idle: the lowest
+  //            latency when it has a core of its own, and starvation when it
+  //            has not.
+  // kEvents polls on for event_spin_us after its last work before it
+  // sleeps (adaptive polling, as tuned event-driven servers do): a message
+  // that follows closely costs no wake-up, an idle forwarder burns at most
+  // that much per burst.
+  enum class CpuWait : uint8_t { kEvents, kSpin };
+  CpuWait cpu_wait = CpuWait::kEvents;
+  uint32_t event_spin_us = 50;
+  uint32_t max_idle_us = 1000;  // kEvents: the longest sleep (keep it well under heartbeat timeouts)
 };
 
 namespace internal {
@@ -352,6 +370,11 @@ class ReplicaHost {
   // Slots re-armed / messages forwarded by the agent so far.
   uint64_t slots_rearmed() const;
   uint64_t ops_forwarded() const;
+  // CpuWait::kEvents: how often the agent slept on its completion channel,
+  // and how often a completion event (not the max_idle_us bound or a
+  // wake-up of its own) ended the sleep. Both 0 with kSpin.
+  uint64_t event_sleeps() const;
+  uint64_t event_wakeups() const;
   // A copy of the tenant's region bytes at offset, read by this host's CPU
   // (for checks; not synchronized with in-flight operations).
   Status peek(uint32_t tenant, uint64_t offset, std::span<std::byte> dst) const;
