@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <string>
@@ -50,13 +51,19 @@ inline uint64_t percentile(const std::vector<uint64_t>& sorted, double q) {
 
 struct LatencySummary {  // nanoseconds
   double p50 = 0, p99 = 0, p999 = 0, max = 0;
+  // The quantiles a CDF is drawn through (bench/plots.py): q[i] is the
+  // kCdfQuantiles[i] quantile.
+  static constexpr double kCdfQuantiles[] = {0.01, 0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.95, 0.99, 0.999};
+  double q[std::size(kCdfQuantiles)] = {};
   uint64_t count = 0;
 };
 
 enum class LatencyUnit { kNs, kUs };
 
 // Sorts the samples (nanoseconds) and sets the counters p50_<u>, p99_<u>,
-// p999_<u> and max_<u> (u = ns or us, scaled accordingly). No samples: no
+// p999_<u> and max_<u> (u = ns or us, scaled accordingly), and cdf_q<N>_<u>
+// for each of LatencySummary::kCdfQuantiles (N in per mille: q10 = p1, ...,
+// q999 = p99.9), what bench/plots.py draws CDFs through. No samples: no
 // counters, an all-zero summary.
 inline LatencySummary report_latencies(benchmark::State& state, std::vector<uint64_t>& lat_ns,
                                        LatencyUnit unit = LatencyUnit::kNs) {
@@ -75,6 +82,11 @@ inline LatencySummary report_latencies(benchmark::State& state, std::vector<uint
   state.counters["p99" + suffix] = s.p99 * scale;
   state.counters["p999" + suffix] = s.p999 * scale;
   state.counters["max" + suffix] = s.max * scale;
+  for (size_t i = 0; i < std::size(LatencySummary::kCdfQuantiles); ++i) {
+    const double qv = LatencySummary::kCdfQuantiles[i];
+    s.q[i] = static_cast<double>(percentile(lat_ns, qv));
+    state.counters["cdf_q" + std::to_string(int(qv * 1000 + 0.5)) + suffix] = s.q[i] * scale;
+  }
   return s;
 }
 
