@@ -31,6 +31,7 @@ PACKAGES=(
   kmod               # depmod/modprobe -d: the guest modules and their dependencies
   cpio               # initramfs archive
   ibverbs-utils      # ibv_devices, ibv_devinfo, ibv_rc_pingpong in the VM smoke check
+  python3-matplotlib # bench/plots.py: the latency CDF, p99 vs busy tenants and commits/s figures
 )
 
 missing=()

@@ -113,6 +113,9 @@ section "benchmark smoke runs (build/bench/soft_rnic_bench, txn_bench latency ca
 build/bench/soft_rnic_bench --benchmark_min_time=0.01
 build/bench/txn_bench --benchmark_filter=BM_CommitLatency --benchmark_min_time=0.01
 
+section "figures pipeline, smoke budgets (bench/plots.sh: benchmarks' JSON to PNGs)"
+bash bench/plots.sh build build/figures-smoke --smoke
+
 section "replicated RocksDB side by side, smoke sizes (bench/rocksdb_side_by_side.sh)"
 if [[ -e build/examples/rocksdb/libhyperloop_walfs.so ]]; then
   bash bench/rocksdb_side_by_side.sh build --smoke

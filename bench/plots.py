@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Figures from the benchmarks' JSON (Google Benchmark --benchmark_out).
+
+  python3 bench/plots.py --primitives P.json --txn T.json --out DIR
+
+writes into DIR:
+  latency_cdf.png     gWRITE 64 B over 3 replicas: offload, CPU forwarding
+                      with event-driven forwarders, with spinning ones
+                      (BM_Latency), drawn through the cdf_q* quantiles that
+                      bench_util.h's report_latencies records
+  p99_vs_tenants.png  p99 of that gWRITE against the number of busy tenant
+                      threads on the replicas' core (BM_MultiTenant, the
+                      client on the NIC's core, as if on another machine),
+                      log scale
+  commits_per_s.png   commits/s of 1 x 64 B against client threads
+                      (BM_CommitThroughput), per mode
+Each figure's footer names the date and machine of the JSON's context
+(Google Benchmark records host_name, date, num_cpus, mhz_per_cpu).
+
+bench/plots.sh runs the benchmarks and this script in one command.
+Only Debian's python3-matplotlib is needed (no pandas). A figure whose
+benchmark rows are missing from the JSON is skipped with a message; a JSON
+that does not parse is an error (exit 1).
+"""
+import argparse
+import json
+import os
+import re
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: files only
+import matplotlib.pyplot as plt  # noqa: E402
+
+MODES = {0: "offload", 1: "CPU forwarding (event-driven)", 2: "CPU forwarding (spinning)"}
+STYLE = {0: "-", 1: "--", 2: ":"}
+
+
+def load(path):
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        sys.exit(f"plots: cannot read {path}: {e}")
+
+
+def rows(doc, family):
+    """(args dict, row) per case of `family`: the median aggregate where the
+    run had repetitions, else the one run."""
+    by_name = {}
+    for b in (doc or {}).get("benchmarks", []):
+        name = b.get("run_name", b.get("name", ""))
+        if not name.startswith(family + "/"):
+            continue
+        slot = by_name.setdefault(name, {})
+        if b.get("run_type") == "aggregate":
+            if b.get("aggregate_name") == "median":
+                slot["median"] = b
+        else:
+            slot.setdefault("run", b)
+    out = []
+    for name, slot in by_name.items():
+        b = slot.get("median", slot.get("run"))
+        if b is None:
+            continue
+        args = dict((k, int(v)) for k, v in re.findall(r"(\w+):(-?\d+)", name))
+        out.append((args, b))
+    return out
+
+
+def footer(fig, doc):
+    c = (doc or {}).get("context", {})
+    fig.text(0.01, -0.03, "measured {} on {} ({} CPUs, {} MHz)".format(
+        c.get("date", "?"), c.get("host_name", "?"), c.get("num_cpus", "?"), c.get("mhz_per_cpu", "?")),
+        fontsize=7, color="gray")
+
+
+def cdf_points(row, unit):
+    pts = []
+    for k, v in row.items():
+        m = re.fullmatch(r"cdf_q(\d+)_" + unit, k)
+        if m:
+            pts.append((float(v), int(m.group(1)) / 1000.0))
+    return sorted(pts, key=lambda p: p[1])
+
+
+def latency_cdf(doc, out):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = 0
+    for args, b in rows(doc, "BM_Latency/gWRITE"):
+        if args.get("bytes") != 64 or args.get("n") != 3:
+            continue
+        pts = cdf_points(b, "ns")
+        if not pts:
+            continue
+        m = args.get("mode", -1)
+        xs = [p[0] / 1000.0 for p in pts]
+        ys = [p[1] for p in pts]
+        ax.plot(xs, ys, STYLE.get(m, "-"), marker="o", ms=3, label=MODES.get(m, f"mode {m}"))
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return "latency_cdf.png: no BM_Latency/gWRITE rows with bytes:64 n:3 and cdf_q* counters"
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (us, log scale)")
+    ax.set_ylabel("fraction of operations")
+    ax.set_title("gWRITE 64 B, 3 replicas, software RNIC")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    footer(fig, doc)
+    fig.savefig(os.path.join(out, "latency_cdf.png"), dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return None
+
+
+def p99_vs_tenants(doc, out):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series = {}
+    for args, b in rows(doc, "BM_MultiTenant/client_on_nic_core"):
+        if "p99_ns" in b:
+            series.setdefault(args.get("mode", -1), []).append((args.get("K", 0) * 3, b["p99_ns"] / 1000.0))
+    if not series:
+        plt.close(fig)
+        return "p99_vs_tenants.png: no BM_MultiTenant/client_on_nic_core rows"
+    for m, pts in sorted(series.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], STYLE.get(m, "-"), marker="o", label=MODES.get(m, m))
+    ax.set_yscale("log")
+    ax.set_xlabel("busy tenant threads on the replicas' core (K x 3 replicas)")
+    ax.set_ylabel("p99 latency (us, log scale)")
+    ax.set_title("gWRITE 64 B, 3 replicas, replicas' agents sharing a core with busy tenants")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    footer(fig, doc)
+    fig.savefig(os.path.join(out, "p99_vs_tenants.png"), dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return None
+
+
+def commits_per_s(doc, out):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series = {}
+    for args, b in rows(doc, "BM_CommitThroughput"):
+        if "commits_per_s" in b:
+            series.setdefault(args.get("mode", -1), []).append((args.get("threads", 0), b["commits_per_s"]))
+    if not series:
+        plt.close(fig)
+        return "commits_per_s.png: no BM_CommitThroughput rows"
+    for m, pts in sorted(series.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], STYLE.get(m, "-"), marker="o", label=MODES.get(m, m))
+    ax.set_xlabel("client threads")
+    ax.set_ylabel("commits/s (1 range x 64 B)")
+    ax.set_title("transactions over 3 replicas, software RNIC")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    footer(fig, doc)
+    fig.savefig(os.path.join(out, "commits_per_s.png"), dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--primitives", help="primitives_bench JSON")
+    ap.add_argument("--txn", help="txn_bench JSON")
+    ap.add_argument("--out", required=True, help="directory for the PNGs")
+    a = ap.parse_args()
+    if not a.primitives and not a.txn:
+        ap.error("give --primitives and/or --txn")
+    os.makedirs(a.out, exist_ok=True)
+    prim, txn = load(a.primitives), load(a.txn)
+    made, skipped = [], []
+    jobs = []
+    if prim is not None:
+        jobs += [("latency_cdf.png", latency_cdf, prim), ("p99_vs_tenants.png", p99_vs_tenants, prim)]
+    if txn is not None:
+        jobs += [("commits_per_s.png", commits_per_s, txn)]
+    for name, fn, doc in jobs:
+        why = fn(doc, a.out)
+        (skipped if why else made).append(why or os.path.join(a.out, name))
+    for m in made:
+        print("plots: wrote", m)
+    for s in skipped:
+        print("plots: skipped", s)
+    return 0 if made else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
