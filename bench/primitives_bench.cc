@@ -73,6 +73,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "bench_util.h"
@@ -110,13 +111,15 @@ double g_mt_seconds = 2.0;  // multi-tenant sampling budget per case
 
 // The `mode` argument of every case: 0 offload; 1 CPU forwarding with
 // event-driven forwarders (they sleep on completion events, the default);
-// 2 CPU forwarding with spinning forwarders (ReplicaHostOptions::CpuWait).
-ForwardMode mode_of(int64_t m) { return m == 0 ? ForwardMode::kOffload : ForwardMode::kCpuForward; }
+// 2 CPU forwarding with spinning forwarders (ReplicaHostOptions::CpuWait);
+// 3 offload with agents that nap instead of sleeping on completion events
+// (ReplicaHostOptions::offload_events = false), the agents before issue 16.
+ForwardMode mode_of(int64_t m) { return m == 0 || m == 3 ? ForwardMode::kOffload : ForwardMode::kCpuForward; }
 prim::ReplicaHostOptions::CpuWait cpu_wait_of(int64_t m) {
   return m == 2 ? prim::ReplicaHostOptions::CpuWait::kSpin : prim::ReplicaHostOptions::CpuWait::kEvents;
 }
 std::string mode_label(int64_t m) {
-  return m == 0 ? "offload" : m == 1 ? "cpu-forward(events)" : "cpu-forward(spin)";
+  return m == 0 ? "offload" : m == 1 ? "cpu-forward(events)" : m == 2 ? "cpu-forward(spin)" : "offload(naps)";
 }
 
 // ---- results kept for the summary -------------------------------------------------------
@@ -147,6 +150,7 @@ struct ChainConfig {
   size_t staging_bytes = kMaxBytes * (kWindow + 1);
   int executor_cpu = -1;  // pin the one-thread executor
   int agent_cpu = -1;     // pin every replica agent
+  bool offload_events = true;
 };
 
 struct Chain {
@@ -180,6 +184,7 @@ struct Chain {
       prim::ReplicaHostOptions ho;
       ho.agent_cpu = c.agent_cpu;
       ho.cpu_wait = c.cpu_wait;
+      ho.offload_events = c.offload_events;
       HL_ASSIGN_OR_RETURN(auto host, ReplicaHost::create(*nic, ho));
       HL_RETURN_IF_ERROR(host->register_tenant(kTenant, kRegion));
       raw.push_back(host.get());
@@ -203,7 +208,22 @@ struct Chain {
     for (const auto& h : hosts) s += h->agent_cpu_ns();
     return s;
   }
+  // Sleeps of event-driven agents, and those ended by a completion event.
+  std::pair<uint64_t, uint64_t> agent_sleeps() const {
+    uint64_t s = 0, w = 0;
+    for (const auto& h : hosts) s += h->event_sleeps(), w += h->event_wakeups();
+    return {s, w};
+  }
 };
+
+// Per operation over an interval: how often the agents slept on events and
+// how often a completion event woke them (summed over the replicas).
+void set_sleep_counters(benchmark::State& state, std::pair<uint64_t, uint64_t> before,
+                        std::pair<uint64_t, uint64_t> after, uint64_t ops) {
+  if (!ops) return;
+  state.counters["agent_sleeps_per_op"] = double(after.first - before.first) / double(ops);
+  state.counters["agent_event_wakeups_per_op"] = double(after.second - before.second) / double(ops);
+}
 
 // How the client waits for an operation: busy-poll the group, and after
 // `spin_polls` fruitless polls also yield the core on every further poll.
@@ -358,6 +378,7 @@ void BM_Latency(benchmark::State& state, Prim p) {
   ChainConfig cfg;
   cfg.mode = mode_of(mode);
   cfg.cpu_wait = cpu_wait_of(mode);
+  cfg.offload_events = mode != 3;
   cfg.n = uint32_t(n);
   Chain chain;
   BENCH_CHECK_OK(state, chain.init(cfg));
@@ -378,6 +399,7 @@ void BM_Latency(benchmark::State& state, Prim p) {
   lat.reserve(1 << 16);
   ForeignCpu foreign;
   const uint64_t cpu0 = chain.agent_cpu_ns();
+  const auto sleeps0 = chain.agent_sleeps();
   const auto w0 = Clk::now();
   for (auto _ : state) {
     const auto t0 = Clk::now();
@@ -395,6 +417,7 @@ void BM_Latency(benchmark::State& state, Prim p) {
   if (wl.bytes_per_op()) state.SetBytesProcessed(int64_t(state.iterations()) * wl.bytes_per_op());
   Summary s = report_latencies(state, lat);
   set_cpu_counters(state, &s, cpu, lat.size(), wall, idle_rate);
+  set_sleep_counters(state, sleeps0, chain.agent_sleeps(), lat.size());
   state.counters["foreign_cpu_pct"] = foreign.percent();
   record(lat_key(p, mode, bytes, n), s);
 }
@@ -408,6 +431,7 @@ void BM_Throughput(benchmark::State& state, Prim p) {
   ChainConfig cfg;
   cfg.mode = mode_of(mode);
   cfg.cpu_wait = cpu_wait_of(mode);
+  cfg.offload_events = mode != 3;
   cfg.n = uint32_t(n);
   Chain chain;
   BENCH_CHECK_OK(state, chain.init(cfg));
@@ -476,6 +500,7 @@ void BM_MultiTenant(benchmark::State& state, bool client_on_nic_core) {
   ChainConfig cfg;
   cfg.mode = mode_of(mode);
   cfg.cpu_wait = cpu_wait_of(mode);
+  cfg.offload_events = mode != 3;
   cfg.n = n;
   cfg.slots = 4096;  // rings are large: starved re-arming must not turn into backpressure
   cfg.rearm_batch = 64;
@@ -545,6 +570,11 @@ BENCHMARK_CAPTURE(BM_Latency, gWRITE, Prim::kWrite)
     ->ArgNames({"mode", "bytes", "n"})
     ->ArgsProduct({kModes, kSizes, kGroup})
     ->UseRealTime();
+// The offload agents before issue 16 (timed naps), for the re-arming targets.
+BENCHMARK_CAPTURE(BM_Latency, gWRITE, Prim::kWrite)
+    ->ArgNames({"mode", "bytes", "n"})
+    ->Args({3, 64, 3})
+    ->UseRealTime();
 BENCHMARK_CAPTURE(BM_Latency, gCAS, Prim::kCas)
     ->ArgNames({"mode", "bytes", "n"})
     ->ArgsProduct({kModes, {8}, kGroup})
@@ -561,6 +591,10 @@ BENCHMARK_CAPTURE(BM_Latency, gFLUSH, Prim::kFlush)
 BENCHMARK_CAPTURE(BM_Throughput, gWRITE, Prim::kWrite)
     ->ArgNames({"mode", "bytes", "n"})
     ->ArgsProduct({kModes, {64, 4096, 65536}, {1, 3, 5}})
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Throughput, gWRITE, Prim::kWrite)
+    ->ArgNames({"mode", "bytes", "n"})
+    ->Args({3, 64, 3})
     ->UseRealTime();
 BENCHMARK_CAPTURE(BM_Throughput, gCAS, Prim::kCas)
     ->ArgNames({"mode", "bytes", "n"})

@@ -66,6 +66,16 @@ struct Member {
   mlx5::SendRingView loop_ring, out_ring, master_ring;
   uint64_t armed_seq = 0;      // slots [0, armed_seq) have been armed
   uint64_t done_seq = 0;       // slots [0, done_seq) have completed here
+  // Offload: out's SEND is signaled on every signal_every-th slot only (a
+  // power of two dividing slots): one CQE, so at most one agent wake-up,
+  // per that many operations; each CQE completes the slots up to its own.
+  uint32_t signal_every = 1;
+  uint32_t signal_offset = 0;  // < signal_every: where in each run of slots the signaled one is
+  bool signaled_slot(uint64_t seq) const { return (seq + 1 + signal_offset) % signal_every == 0; }
+  // The first signaled slot at or after seq.
+  uint64_t next_signaled(uint64_t seq) const {
+    return seq + (signal_every - (seq + 1 + signal_offset) % signal_every) % signal_every;
+  }
   uint64_t recv_seq = 0;       // CPU mode: messages taken
   uint32_t quiet_turns = 0;    // offload: agent turns without a completion
   bool local_pending = false;  // CPU mode: message recv_seq-1 waits for its local op

@@ -67,7 +67,7 @@ struct ReplicaHost::Impl {
     const uint64_t one = 1;
     [[maybe_unused]] ssize_t n = write(wake_fd, &one, sizeof one);
   }
-  bool arm_cpu_members();
+  bool arm_members();
   void wait_for_events(uint32_t timeout_us);
   void run_agent(ReplicaHost* host);
   size_t serve(Member& m);
@@ -165,18 +165,29 @@ Result<CreatedMember> internal::create_member(ReplicaHost& host, uint32_t tenant
   m->stride = slot_stride(n);
   m->format = offload ? caps.send_wqe_format : EntryFormat::kMlx5;
   m->rearm_in_place = !offload || mlx5_rings;
+  if (offload) {
+    const uint32_t most = std::min<uint32_t>(o.rearm_batch, std::max<uint32_t>(1, o.slots / 4));
+    m->signal_every = 1;
+    while (m->signal_every * 2 <= most) m->signal_every *= 2;
+    // Staggered along the chain, so that the replicas' agents do not all
+    // wake for the same operation.
+    m->signal_offset = uint32_t(uint64_t(pos) * m->signal_every / n) % m->signal_every;
+  }
   m->ctrl_mem_storage.assign(kSlotsOffset + m->stride * o.slots + 64, std::byte{0});
   m->ctrl_mem = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(m->ctrl_mem_storage.data()) + 63) & ~uintptr_t{63});
   HL_ASSIGN_OR_RETURN(m->ctrl_mr, t.pd->register_memory(m->ctrl_mem, kSlotsOffset + m->stride * o.slots,
                                                         rnic::kAccessLocalWrite | rnic::kAccessRemoteRead));
   auto& dev = *h->device;
   const uint32_t S = o.slots;
-  // A CPU forwarder sleeps on these three (ReplicaHostOptions::CpuWait::kEvents).
-  rnic::CompletionChannel* ch = offload ? nullptr : h->channel.get();
+  // A CPU forwarder sleeps on these three (ReplicaHostOptions::CpuWait::kEvents),
+  // an offload agent on out's (ReplicaHostOptions::offload_events).
+  rnic::CompletionChannel* ch = (offload ? h->opts.offload_events : h->opts.cpu_wait == ReplicaHostOptions::CpuWait::kEvents)
+                                    ? h->channel.get()
+                                    : nullptr;
   HL_ASSIGN_OR_RETURN(m->in_rcq, dev.create_cq({.cqe_count = std::max<uint32_t>(S, 64) * 2,
-                                                .ignore_overrun = offload, .channel = ch}));
+                                                .ignore_overrun = offload, .channel = offload ? nullptr : ch}));
   HL_ASSIGN_OR_RETURN(m->loop_scq, dev.create_cq({.cqe_count = std::max<uint32_t>(S, 64) * 2,
-                                                  .ignore_overrun = offload, .channel = ch}));
+                                                  .ignore_overrun = offload, .channel = offload ? nullptr : ch}));
   HL_ASSIGN_OR_RETURN(m->out_scq, dev.create_cq({.cqe_count = std::max<uint32_t>(S, 64) * 4, .channel = ch}));
   // What nobody polls: error and flush completions of the QPs that post
   // nothing of their own (in's send side, out's and loop's receive sides,
@@ -335,7 +346,7 @@ Status arm_slot(Member& m, uint64_t seq) {
   rnic::Sge fb{m.addr_of(fwd_buf), uint32_t(forward_bytes(n, i)), m.ctrl_mr->lkey()};
   SendWr send;
   send.opcode = WrOpcode::kSend;
-  send.flags = rnic::kSendSignaled;
+  send.flags = m.signaled_slot(seq) ? rnic::kSendSignaled : 0;  // see Member::signal_every
   send.sg = {&fb, 1};
   HL_RETURN_IF_ERROR(m.out->post_send(send));
   if (loop_at != uint32_t(seq) || out_at != uint32_t(kOutPerSlot * seq))
@@ -445,7 +456,8 @@ size_t ReplicaHost::Impl::serve_offload(Member& m) {
     }
     for (size_t k = 0; k < *r; ++k) {
       if (wc[k].status != rnic::WcStatus::kSuccess) m.fail(wc_reason("out", wc[k]));
-      if (wc[k].opcode == rnic::WcOpcode::kSend) ++m.done_seq;
+      // A signaled SEND completes its slot and the unsignaled ones before it.
+      if (wc[k].opcode == rnic::WcOpcode::kSend) m.done_seq = m.next_signaled(m.done_seq) + 1;
     }
     taken += *r;
     if (*r < std::size(wc)) break;
@@ -633,13 +645,20 @@ size_t ReplicaHost::agent_poll() {
   return work;
 }
 
-// Arms every started CPU-forwarding member's CQs on the channel. False if an
-// arm failed (the agent then spins this turn).
-bool ReplicaHost::Impl::arm_cpu_members() {
+// Arms, on the channel, the CQs whose completions the agent must wake for:
+// a CPU-forwarding member's in, loop and out CQs, an offload member's out
+// CQ. False if an arm failed (the agent then does not sleep this turn).
+bool ReplicaHost::Impl::arm_members() {
   std::lock_guard<std::mutex> l(mu);
   for (auto& [id, t] : tenants) {
     Member* m = t->member.get();
-    if (!m || !m->started || m->broken || m->opts.mode != ForwardMode::kCpuForward) continue;
+    if (!m || !m->started || m->broken) continue;
+    if (m->opts.mode == ForwardMode::kOffload) {
+      // Without offload_events its CQ has no channel: it is served when the
+      // agent wakes for something else, at least every max_idle_us.
+      if (opts.offload_events && !m->out_scq->arm().is_ok()) return false;
+      continue;
+    }
     for (rnic::CompletionQueue* cq : {m->in_rcq.get(), m->loop_scq.get(), m->out_scq.get()})
       if (!cq->arm().is_ok()) return false;
   }
@@ -685,12 +704,17 @@ void ReplicaHost::Impl::run_agent(ReplicaHost* host) {
       }
     }
     const size_t work = host->agent_poll();
-    bool cpu_members = false;
+    bool cpu_members = false, offload_members = false;
     {
       std::lock_guard<std::mutex> l(mu);
-      for (auto& [id, t] : tenants)
+      for (auto& [id, t] : tenants) {
         cpu_members |= t->member && t->member->opts.mode == ForwardMode::kCpuForward;
+        offload_members |= t->member && t->member->opts.mode == ForwardMode::kOffload;
+      }
     }
+    const bool cpu_events = cpu_members && channel && opts.cpu_wait == ReplicaHostOptions::CpuWait::kEvents;
+    // Sleep on events only if nothing here must spin.
+    const bool sleep_on_events = channel && (cpu_members ? cpu_events : offload_members && opts.offload_events);
     // Everything this thread burns counts, polling and sleeping included.
     cpu_ns.store(thread_cpu_ns() - start, std::memory_order_relaxed);
     // The offload agent is background work: it naps when idle. A forwarder
@@ -700,12 +724,12 @@ void ReplicaHost::Impl::run_agent(ReplicaHost* host) {
     if (work) {
       nap_us = opts.idle_sleep_us;
       last_work_ns = monotonic_ns();
-    } else if (cpu_members && channel && monotonic_ns() - last_work_ns < uint64_t(opts.event_spin_us) * 1000) {
+    } else if (cpu_events && monotonic_ns() - last_work_ns < uint64_t(opts.event_spin_us) * 1000) {
       std::this_thread::yield();  // adaptive polling: the next message is likely close
-    } else if (cpu_members && channel) {
+    } else if (sleep_on_events) {
       // rnic.h's race-free pattern: arm, poll once more, and sleep only if
       // that found nothing (a message that raced the arm is served now).
-      if (!arm_cpu_members()) {
+      if (!arm_members()) {
         std::this_thread::yield();
       } else if (host->agent_poll() == 0) {
         wait_for_events(opts.max_idle_us);
@@ -726,9 +750,10 @@ Result<std::unique_ptr<ReplicaHost>> ReplicaHost::create(rnic::Device& device, c
   auto impl = std::make_unique<Impl>();
   impl->device = &device;
   impl->opts = options;
-  // Event-driven forwarders: one completion channel for the host's CPU
-  // members and a wake-up descriptor (a thread of our own only).
-  if (options.agent_thread && options.cpu_wait == ReplicaHostOptions::CpuWait::kEvents &&
+  // Event-driven agents: one completion channel for the host's members
+  // (CpuWait::kEvents, offload_events) and a wake-up descriptor (a thread of
+  // our own only).
+  if (options.agent_thread && (options.cpu_wait == ReplicaHostOptions::CpuWait::kEvents || options.offload_events) &&
       device.caps().completion_channel) {
     auto ch = device.create_completion_channel();
     const int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

@@ -117,7 +117,14 @@ struct ReplicaHostOptions {
   enum class CpuWait : uint8_t { kEvents, kSpin };
   CpuWait cpu_wait = CpuWait::kEvents;
   uint32_t event_spin_us = 50;
-  uint32_t max_idle_us = 1000;  // kEvents: the longest sleep (keep it well under heartbeat timeouts)
+  // How an idle agent with members in kOffload mode waits: on completion
+  // events of its members' out CQs (true; where the device has completion
+  // channels), which the chain signals once per min(rearm_batch, slots/4)
+  // operations (rounded down to a power of two), so the agent wakes about
+  // once per batch to re-arm it; or (false) in naps of idle_sleep_us
+  // doubling to 10x, whatever the load.
+  bool offload_events = true;
+  uint32_t max_idle_us = 1000;  // events: the longest sleep (keep it well under heartbeat timeouts)
 };
 
 namespace internal {
