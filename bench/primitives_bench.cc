@@ -126,6 +126,7 @@ std::string mode_label(int64_t m) {
 struct Summary {
   double p50 = 0, p99 = 0, p999 = 0, cpu_per_op = 0, rearm_per_op = -1;
   uint64_t ops = 0;
+  double ops_per_s = 0, foreign_pct = 0;
 };
 bench::Results<Summary> g_sum;
 void record(const std::string& key, const Summary& s) { g_sum.record(key, s); }
@@ -418,7 +419,8 @@ void BM_Latency(benchmark::State& state, Prim p) {
   Summary s = report_latencies(state, lat);
   set_cpu_counters(state, &s, cpu, lat.size(), wall, idle_rate);
   set_sleep_counters(state, sleeps0, chain.agent_sleeps(), lat.size());
-  state.counters["foreign_cpu_pct"] = foreign.percent();
+  s.foreign_pct = foreign.percent();
+  state.counters["foreign_cpu_pct"] = s.foreign_pct;
   record(lat_key(p, mode, bytes, n), s);
 }
 
@@ -471,6 +473,8 @@ void BM_Throughput(benchmark::State& state, Prim p) {
   Summary s;
   set_cpu_counters(state, &s, cpu, i - first, wall, idle_rate);
   s.ops = i - first;
+  s.ops_per_s = wall > 0 ? double(s.ops) / wall : 0;
+  s.foreign_pct = foreign.percent();
   record(std::string("tput/") + prim_name(p) + "/" + std::to_string(mode) + "/" + std::to_string(bytes) + "/" +
              std::to_string(n),
          s);
@@ -664,6 +668,25 @@ void print_summary() {
   if (const Summary* s = find(lat_key(Prim::kWrite, 0, 64, 3)))
     std::fprintf(stderr, "target: offload gWRITE 64 B x 3 replicas p50 <= 1300 ns: %.0f ns -> %s\n", s->p50,
                  s->p50 <= 1300 ? "met" : "MISSED");
+  if (const Summary* s = find(lat_key(Prim::kWrite, 0, 64, 3)))
+    std::fprintf(stderr, "target: idle offload gWRITE 64 B x 3 replicas p99 <= 3x p50: p99 %.0f ns = %.1fx p50 -> %s"
+                 " (foreign cpu %.1f %%)\n",
+                 s->p99, s->p50 > 0 ? s->p99 / s->p50 : 0.0, s->p99 <= 3 * s->p50 ? "met" : "MISSED", s->foreign_pct);
+  if (const Summary* s = find(lat_key(Prim::kWrite, 3, 64, 3)))
+    std::fprintf(stderr, "        (offload with napping agents, same case: p50 %.0f ns, p99 %.0f ns, agent CPU %.0f ns/op)\n",
+                 s->p50, s->p99, s->cpu_per_op);
+  if (const Summary* o = find("tput/gWRITE/0/64/3")) {
+    const Summary* e = find("tput/gWRITE/1/64/3");
+    const Summary* c = find("tput/gWRITE/2/64/3");
+    const double best_cpu = std::max(e ? e->ops_per_s : 0.0, c ? c->ops_per_s : 0.0);
+    std::fprintf(stderr, "target: offload throughput gWRITE 64 B x 3 replicas >= 1M ops/s and >= CPU forwarding's: "
+                 "%.0f ops/s (CPU forwarding: events %.0f, spin %.0f) -> %s (foreign cpu %.1f %%)\n",
+                 o->ops_per_s, e ? e->ops_per_s : -1.0, c ? c->ops_per_s : -1.0,
+                 o->ops_per_s >= 1e6 && o->ops_per_s >= best_cpu ? "met"
+                 : o->ops_per_s >= best_cpu                      ? "MISSED (1M); met (>= CPU forwarding)"
+                                                                 : "MISSED",
+                 o->foreign_pct);
+  }
   if (const Summary* s = find(lat_key(Prim::kWrite, 1, 64, 3)))
     std::fprintf(stderr, "        (CPU forwarding, event-driven, same case: p50 %.0f ns)\n", s->p50);
   if (const Summary* s = find(lat_key(Prim::kWrite, 2, 64, 3)))
