@@ -166,7 +166,7 @@ Result<CreatedMember> internal::create_member(ReplicaHost& host, uint32_t tenant
   m->format = offload ? caps.send_wqe_format : EntryFormat::kMlx5;
   m->rearm_in_place = !offload || mlx5_rings;
   if (offload) {
-    const uint32_t most = std::min<uint32_t>(o.rearm_batch, std::max<uint32_t>(1, o.slots / 4));
+    const uint32_t most = std::min<uint32_t>(o.rearm_batch, std::max<uint32_t>(1, o.slots / 8));
     m->signal_every = 1;
     while (m->signal_every * 2 <= most) m->signal_every *= 2;
     // Staggered along the chain, so that the replicas' agents do not all

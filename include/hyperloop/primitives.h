@@ -119,7 +119,7 @@ struct ReplicaHostOptions {
   uint32_t event_spin_us = 50;
   // How an idle agent with members in kOffload mode waits: on completion
   // events of its members' out CQs (true; where the device has completion
-  // channels), which the chain signals once per min(rearm_batch, slots/4)
+  // channels), which the chain signals once per min(rearm_batch, slots/8)
   // operations (rounded down to a power of two), so the agent wakes about
   // once per batch to re-arm it; or (false) in naps of idle_sleep_us
   // doubling to 10x, whatever the load.

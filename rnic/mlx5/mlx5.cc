@@ -243,14 +243,15 @@ class Mlx5Qp final : public rnic::QueuePair {
   Status init(uint32_t access) override {
     if (access & ~rnic::kAccessAllRemote) return invalid_argument("init takes remote access flags only");
     if (cached.load() != QpState::kReset) return failed_precondition("init needs a QP in RESET");
-    if ((access & rnic::kAccessRemoteAtomic) && !d->caps.atomics)
-      return not_supported(d->name + " has no host-order 8-byte atomics (see hyperloop-probe)");
     prm::Rst2InitParams p;
     p.qpn = number;
     p.port = d->port;
     p.rre = access & rnic::kAccessRemoteRead;
     p.rwe = access & rnic::kAccessRemoteWrite;
-    p.rae = access & rnic::kAccessRemoteAtomic;
+    // Remote atomics only where caps.atomics (host-order 8-byte CAS/FAA):
+    // elsewhere the right is not granted, and an atomic aimed at this QP
+    // fails at the responder (a requester here is refused at post_send).
+    p.rae = (access & rnic::kAccessRemoteAtomic) && d->caps.atomics;
     p.atomic_mode = p.rae ? prm::kAtomicModeIbComp : 0;
     return modify(prm::rst2init_in(p), QpState::kInit, "RST2INIT_QP");
   }
