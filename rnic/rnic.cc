@@ -46,6 +46,24 @@ std::string Status::to_string() const {
 
 namespace rnic {
 
+std::string_view wc_opcode_name(WcOpcode o) {
+  switch (o) {
+    case WcOpcode::kSend: return "SEND";
+    case WcOpcode::kRdmaWrite: return "RDMA_WRITE";
+    case WcOpcode::kRdmaRead: return "RDMA_READ";
+    case WcOpcode::kAtomicCas: return "ATOMIC_CAS";
+    case WcOpcode::kAtomicFaa: return "ATOMIC_FAA";
+    case WcOpcode::kNop: return "NOP";
+    case WcOpcode::kWait: return "WAIT";
+    case WcOpcode::kSendEnable: return "SEND_EN";
+    case WcOpcode::kRecvEnable: return "RECV_EN";
+    case WcOpcode::kRecv: return "RECV";
+    case WcOpcode::kRecvRdmaWithImm: return "RECV_RDMA_WITH_IMM";
+    case WcOpcode::kUnknown: return "UNKNOWN";
+  }
+  return "?";
+}
+
 std::string_view wc_status_name(WcStatus s) {
   switch (s) {
     case WcStatus::kSuccess: return "success";

@@ -46,23 +46,6 @@ inline void PrintTo(StatusCode c, std::ostream* os) { *os << status_code_name(c)
 }  // namespace hyperloop
 
 namespace hyperloop::rnic {
-inline std::string_view wc_opcode_name(WcOpcode o) {
-  switch (o) {
-    case WcOpcode::kSend: return "SEND";
-    case WcOpcode::kRdmaWrite: return "RDMA_WRITE";
-    case WcOpcode::kRdmaRead: return "RDMA_READ";
-    case WcOpcode::kAtomicCas: return "ATOMIC_CAS";
-    case WcOpcode::kAtomicFaa: return "ATOMIC_FAA";
-    case WcOpcode::kNop: return "NOP";
-    case WcOpcode::kWait: return "WAIT";
-    case WcOpcode::kSendEnable: return "SEND_EN";
-    case WcOpcode::kRecvEnable: return "RECV_EN";
-    case WcOpcode::kRecv: return "RECV";
-    case WcOpcode::kRecvRdmaWithImm: return "RECV_RDMA_WITH_IMM";
-    case WcOpcode::kUnknown: return "UNKNOWN";
-  }
-  return "?";
-}
 inline void PrintTo(WcStatus s, std::ostream* os) { *os << wc_status_name(s); }
 inline void PrintTo(WcOpcode o, std::ostream* os) { *os << wc_opcode_name(o); }
 inline void PrintTo(QpState s, std::ostream* os) { *os << qp_state_name(s); }

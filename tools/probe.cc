@@ -161,23 +161,6 @@ std::string micros(uint64_t ns) { return std::to_string((ns + 500) / 1000) + " u
 std::string millis(uint64_t ns) { return std::to_string((ns + 500'000) / 1'000'000) + " ms"; }
 std::string duration(uint64_t ns) { return ns < 10'000'000 ? micros(ns) : millis(ns); }
 
-std::string_view opcode_name(WcOpcode o) {
-  switch (o) {
-    case WcOpcode::kSend: return "SEND";
-    case WcOpcode::kRdmaWrite: return "RDMA_WRITE";
-    case WcOpcode::kRdmaRead: return "RDMA_READ";
-    case WcOpcode::kAtomicCas: return "ATOMIC_CAS";
-    case WcOpcode::kAtomicFaa: return "ATOMIC_FAA";
-    case WcOpcode::kNop: return "NOP";
-    case WcOpcode::kWait: return "WAIT";
-    case WcOpcode::kSendEnable: return "SEND_EN";
-    case WcOpcode::kRecvEnable: return "RECV_EN";
-    case WcOpcode::kRecv: return "RECV";
-    case WcOpcode::kRecvRdmaWithImm: return "RECV_RDMA_WITH_IMM";
-    case WcOpcode::kUnknown: return "UNKNOWN";
-  }
-  return "?";
-}
 
 // ---- bounded waiting -------------------------------------------------------------------------
 class Deadline {
@@ -231,8 +214,8 @@ Result<std::optional<WorkCompletion>> quiet_window(CompletionQueue& cq, uint64_t
 std::optional<Outcome> not_success(const WorkCompletion& wc, WcOpcode op, uint64_t wr_id, const std::string& what) {
   if (wc.status != WcStatus::kSuccess) return fail_wc(wc, what + " completed with an error");
   if (wc.opcode != op || wc.wr_id != wr_id)
-    return fail("mismatch", what + ": a completion of " + std::string(opcode_name(wc.opcode)) + " wr_id " +
-                                std::to_string(wc.wr_id) + ", expected " + std::string(opcode_name(op)) + " wr_id " +
+    return fail("mismatch", what + ": a completion of " + std::string(rnic::wc_opcode_name(wc.opcode)) + " wr_id " +
+                                std::to_string(wc.wr_id) + ", expected " + std::string(rnic::wc_opcode_name(op)) + " wr_id " +
                                 std::to_string(wr_id));
   return std::nullopt;
 }
@@ -439,7 +422,7 @@ std::optional<Outcome> expect_held(CompletionQueue& cq, const Env& e, const Dead
   if (!q->has_value()) return std::nullopt;
   const WorkCompletion& wc = **q;
   if (wc.status != WcStatus::kSuccess) return fail_wc(wc, what + ": an error completion while it had to be held" + injected(e));
-  return fail("not-held", what + " ran before it was released (" + std::string(opcode_name(wc.opcode)) +
+  return fail("not-held", what + " ran before it was released (" + std::string(rnic::wc_opcode_name(wc.opcode)) +
                               " wr_id " + std::to_string(wc.wr_id) + " completed)");
 }
 
@@ -770,7 +753,7 @@ void print_outcome(const char* step, const Outcome& o, Tally* t) {
         std::printf("FAIL %s %s syndrome 0x%02x vendor_syndrome 0x%02x %s (wr_id %llu, opcode %s, qpn 0x%x)\n", step,
                     std::string(rnic::wc_status_name(o.wc->status)).c_str(), unsigned(o.wc->syndrome),
                     unsigned(o.wc->vendor_syndrome), o.detail.c_str(), static_cast<unsigned long long>(o.wc->wr_id),
-                    std::string(opcode_name(o.wc->opcode)).c_str(), unsigned(o.wc->qpn));
+                    std::string(rnic::wc_opcode_name(o.wc->opcode)).c_str(), unsigned(o.wc->qpn));
       } else {
         std::printf("FAIL %s %s %s\n", step, o.reason.c_str(), o.detail.c_str());
       }

@@ -168,6 +168,9 @@ enum class WcOpcode : uint8_t {
   kUnknown,
 };
 
+// "SEND", "RDMA_WRITE", ... (for logs and tools).
+std::string_view wc_opcode_name(WcOpcode o);
+
 struct WorkCompletion {
   uint64_t wr_id = 0;       // structured posts; for raw-posted WQEs: ~0
   WcStatus status = WcStatus::kSuccess;

@@ -121,21 +121,7 @@ struct Ctx {
   }
 };
 
-// ---- memory regions, CQs -------------------------------------------------------------
-class Mlx5Mr final : public rnic::MemoryRegion {
- public:
-  ibv_mr* mr = nullptr;
-  uint32_t access_ = 0;
-  ~Mlx5Mr() override {
-    if (mr) ibv_dereg_mr(mr);
-  }
-  std::byte* addr() const override { return static_cast<std::byte*>(mr->addr); }
-  size_t length() const override { return mr->length; }
-  uint32_t lkey() const override { return mr->lkey; }
-  uint32_t rkey() const override { return mr->rkey; }
-  uint32_t access() const override { return access_; }
-};
-
+// ---- CQs (memory regions: verbs::util::VerbsMr, ibv_reg_mr) ---------------------------
 class Mlx5Cq final : public rnic::CompletionQueue {
  public:
   Ctx* d = nullptr;
@@ -476,12 +462,7 @@ class Mlx5Pd final : public rnic::ProtectionDomain {
   }
 
   Result<std::unique_ptr<rnic::MemoryRegion>> register_memory(void* addr, size_t length, uint32_t access) override {
-    HL_RETURN_IF_ERROR(rnic::check_memory_registration(addr, length, access, d->caps));
-    auto mr = std::make_unique<Mlx5Mr>();
-    mr->access_ = access;
-    mr->mr = ibv_reg_mr(pd, addr, length, int(access));  // rnic::Access values are IBV_ACCESS_*
-    if (!mr->mr) return from_errno(errno, "ibv_reg_mr(" + d->name + ")");
-    return std::unique_ptr<rnic::MemoryRegion>(std::move(mr));
+    return verbs::util::register_memory(pd, addr, length, access, d->caps);
   }
 
   Result<std::unique_ptr<rnic::QueuePair>> create_qp(const rnic::QpAttr& a) override {

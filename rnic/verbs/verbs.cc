@@ -404,20 +404,6 @@ class VerbsChannel final : public rnic::CompletionChannel {
 };
 
 // ---- memory regions and protection domains ----------------------------------------------
-class VerbsMr final : public rnic::MemoryRegion {
- public:
-  ibv_mr* mr = nullptr;
-  uint32_t access_ = 0;
-  ~VerbsMr() override {
-    if (mr) ibv_dereg_mr(mr);
-  }
-  std::byte* addr() const override { return static_cast<std::byte*>(mr->addr); }
-  size_t length() const override { return mr->length; }
-  uint32_t lkey() const override { return mr->lkey; }
-  uint32_t rkey() const override { return mr->rkey; }
-  uint32_t access() const override { return access_; }
-};
-
 class VerbsQp final : public rnic::QueuePair {
  public:
   Ctx* d = nullptr;
@@ -750,13 +736,7 @@ class VerbsPd final : public rnic::ProtectionDomain {
   }
 
   Result<std::unique_ptr<rnic::MemoryRegion>> register_memory(void* addr, size_t length, uint32_t access) override {
-    HL_RETURN_IF_ERROR(rnic::check_memory_registration(addr, length, access, d->caps));
-    ibv_mr* mr = ibv_reg_mr(pd, addr, length, int(access));
-    if (!mr) return from_errno(errno, "ibv_reg_mr on " + d->name);
-    auto m = std::make_unique<VerbsMr>();
-    m->mr = mr;
-    m->access_ = access;
-    return std::unique_ptr<rnic::MemoryRegion>(std::move(m));
+    return util::register_memory(pd, addr, length, access, d->caps);
   }
 
   Result<std::unique_ptr<rnic::QueuePair>> create_qp(const rnic::QpAttr& a) override {

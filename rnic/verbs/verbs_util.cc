@@ -134,4 +134,16 @@ bool decode_addr(const rnic::QpAddress& in, PeerAddr* a) {
          (a->link_layer == IBV_LINK_LAYER_ETHERNET || a->link_layer == IBV_LINK_LAYER_INFINIBAND);
 }
 
+VerbsMr::~VerbsMr() {
+  if (mr_) ibv_dereg_mr(mr_);
+}
+
+Result<std::unique_ptr<rnic::MemoryRegion>> register_memory(ibv_pd* pd, void* addr, size_t length, uint32_t access,
+                                                            const rnic::DeviceCaps& caps) {
+  HL_RETURN_IF_ERROR(rnic::check_memory_registration(addr, length, access, caps));
+  ibv_mr* mr = ibv_reg_mr(pd, addr, length, int(access));
+  if (!mr) return from_errno(errno, "ibv_reg_mr(" + caps.name + ")");
+  return std::unique_ptr<rnic::MemoryRegion>(std::make_unique<VerbsMr>(mr, access));
+}
+
 }  // namespace hyperloop::verbs::util

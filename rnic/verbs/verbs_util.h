@@ -7,6 +7,7 @@
 #include <infiniband/verbs.h>
 
 #include <array>
+#include <memory>
 #include <cstdint>
 #include <string>
 
@@ -48,5 +49,28 @@ rnic::QpAddress encode_addr(const PeerAddr& a);
 // Every field from the peer is checked before use: false for anything that
 // is not a well-formed address of either size.
 bool decode_addr(const rnic::QpAddress& in, PeerAddr* a);
+
+// A memory region registered with ibv_reg_mr (both backends register the
+// same way); deregistered by the destructor.
+class VerbsMr final : public rnic::MemoryRegion {
+ public:
+  VerbsMr(ibv_mr* mr, uint32_t access) : mr_(mr), access_(access) {}
+  ~VerbsMr() override;
+  VerbsMr(const VerbsMr&) = delete;
+  VerbsMr& operator=(const VerbsMr&) = delete;
+  std::byte* addr() const override { return static_cast<std::byte*>(mr_->addr); }
+  size_t length() const override { return mr_->length; }
+  uint32_t lkey() const override { return mr_->lkey; }
+  uint32_t rkey() const override { return mr_->rkey; }
+  uint32_t access() const override { return access_; }
+
+ private:
+  ibv_mr* mr_;
+  uint32_t access_;
+};
+// Checks the request against `caps`, then ibv_reg_mr (rnic::Access values
+// are IBV_ACCESS_*); errors name caps.name.
+Result<std::unique_ptr<rnic::MemoryRegion>> register_memory(ibv_pd* pd, void* addr, size_t length, uint32_t access,
+                                                            const rnic::DeviceCaps& caps);
 
 }  // namespace hyperloop::verbs::util
