@@ -116,51 +116,43 @@ def latency_cdf(doc, out):
     return None
 
 
-def p99_vs_tenants(doc, out):
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+def line_plot(doc, out, name, family, x_of, y_field, y_div, log_y, xlabel, ylabel, title):
+    """One line per mode of `family`'s rows: x_of(args) against
+    row[y_field] / y_div. Returns None, or why nothing was drawn."""
     series = {}
-    for args, b in rows(doc, "BM_MultiTenant/client_on_nic_core"):
-        if "p99_ns" in b:
-            series.setdefault(args.get("mode", -1), []).append((args.get("K", 0) * 3, b["p99_ns"] / 1000.0))
+    for args, b in rows(doc, family):
+        if y_field in b:
+            series.setdefault(args.get("mode", -1), []).append((x_of(args), b[y_field] / y_div))
     if not series:
-        plt.close(fig)
-        return "p99_vs_tenants.png: no BM_MultiTenant/client_on_nic_core rows"
+        return f"{name}: no {family} rows with {y_field}"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     for m, pts in sorted(series.items()):
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], STYLE.get(m, "-"), marker="o", label=MODES.get(m, m))
-    ax.set_yscale("log")
-    ax.set_xlabel("busy tenant threads on the replicas' core (K x 3 replicas)")
-    ax.set_ylabel("p99 latency (us, log scale)")
-    ax.set_title("gWRITE 64 B, 3 replicas, replicas' agents sharing a core with busy tenants")
-    ax.grid(True, which="both", alpha=0.3)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both" if log_y else "major", alpha=0.3)
     ax.legend()
     footer(fig, doc)
-    fig.savefig(os.path.join(out, "p99_vs_tenants.png"), dpi=120, bbox_inches="tight")
+    fig.savefig(os.path.join(out, name), dpi=120, bbox_inches="tight")
     plt.close(fig)
     return None
+
+
+def p99_vs_tenants(doc, out):
+    return line_plot(doc, out, "p99_vs_tenants.png", "BM_MultiTenant/client_on_nic_core",
+                     lambda a: a.get("K", 0) * 3, "p99_ns", 1000.0, True,
+                     "busy tenant threads on the replicas' core (K x 3 replicas)", "p99 latency (us, log scale)",
+                     "gWRITE 64 B, 3 replicas, replicas' agents sharing a core with busy tenants")
 
 
 def commits_per_s(doc, out):
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    series = {}
-    for args, b in rows(doc, "BM_CommitThroughput"):
-        if "commits_per_s" in b:
-            series.setdefault(args.get("mode", -1), []).append((args.get("threads", 0), b["commits_per_s"]))
-    if not series:
-        plt.close(fig)
-        return "commits_per_s.png: no BM_CommitThroughput rows"
-    for m, pts in sorted(series.items()):
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], STYLE.get(m, "-"), marker="o", label=MODES.get(m, m))
-    ax.set_xlabel("client threads")
-    ax.set_ylabel("commits/s (1 range x 64 B)")
-    ax.set_title("transactions over 3 replicas, software RNIC")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    footer(fig, doc)
-    fig.savefig(os.path.join(out, "commits_per_s.png"), dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return None
+    return line_plot(doc, out, "commits_per_s.png", "BM_CommitThroughput", lambda a: a.get("threads", 0),
+                     "commits_per_s", 1.0, False, "client threads", "commits/s (1 range x 64 B)",
+                     "transactions over 3 replicas, software RNIC")
 
 
 def main():
