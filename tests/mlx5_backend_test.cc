@@ -1,7 +1,8 @@
 // rnic/mlx5 as far as a machine without a ConnectX can take it: the entry
 // points give clear errors, never a crash, and the by-name dispatch sends
 // only mlx5 devices to DevX. (Nothing here needs hardware; what does is
-// hyperloop-probe's, docs/mlx5.md.)
+// hyperloop-probe's, docs/mlx5.md: its hca-caps step checks that the caps
+// rnic/mlx5 reports agree with QUERY_HCA_CAP.)
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -20,7 +21,9 @@ TEST(Mlx5Backend, UnknownNameIsNotFoundAndSaysWhatExists) {
   ASSERT_FALSE(d.is_ok());
   EXPECT_EQ(d.status().code(), StatusCode::kNotFound);
   EXPECT_NE(d.status().message().find("mlx5 devices here:"), std::string::npos) << d.status().message();
-  if (!has_mlx5()) EXPECT_NE(d.status().message().find("none"), std::string::npos) << d.status().message();
+  if (!has_mlx5()) {
+    EXPECT_NE(d.status().message().find("none"), std::string::npos) << d.status().message();
+  }
 }
 
 TEST(Mlx5Backend, OnlyMlx5DevicesAreListed) {
@@ -58,24 +61,6 @@ TEST(Mlx5Backend, VerbsPrefixAndUnknownNames) {
   auto m = rnic::open_device("mlx5_does_not_exist");
   ASSERT_FALSE(m.is_ok());
   EXPECT_EQ(m.status().code(), StatusCode::kNotFound) << m.status().to_string();
-}
-
-TEST(Mlx5Backend, EveryMlx5DeviceOpensWithHcaCaps) {
-  // On a machine with a ConnectX this opens each one through DevX and checks
-  // that the caps agree with QUERY_HCA_CAP; here the loop has nothing to do
-  // (and the test says so in its output).
-  const auto names = mlx5dev::device_names();
-  if (names.empty()) std::printf("no mlx5 device on this machine: nothing to open\n");
-  for (const auto& n : names) {
-    auto d = mlx5dev::open(n);
-    ASSERT_TRUE(d.is_ok()) << n << ": " << d.status().to_string();
-    auto c = mlx5dev::hca_caps(**d);
-    ASSERT_TRUE(c.is_ok()) << c.status().to_string();
-    EXPECT_EQ((*d)->caps().backend, "mlx5");
-    EXPECT_EQ((*d)->caps().cross_channel, c->cd);
-    EXPECT_EQ((*d)->caps().cq_ignore_overrun, c->cq_oi);
-    EXPECT_TRUE((*d)->caps().raw_send_ring);
-  }
 }
 
 }  // namespace

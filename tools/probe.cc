@@ -809,8 +809,9 @@ void print_caps(const std::string& name, const rnic::DeviceCaps& c) {
   std::fflush(stdout);
 }
 
-// The HCA capabilities of an mlx5 device through DevX; false if they could
-// not be read (printed as a FAIL line of the step "hca-caps").
+// The HCA capabilities of an mlx5 device through DevX, and whether the
+// device's caps() agree with them (the step "hca-caps": PASS, or FAIL when
+// they could not be read or disagree).
 bool print_hca_caps(const std::string& name, Tally* t) {
 #ifdef HYPERLOOP_HAVE_MLX5
   auto dev = mlx5dev::open(name);
@@ -847,8 +848,21 @@ bool print_hca_caps(const std::string& name, Tally* t) {
               unsigned(h.log_max_qp_sz), unsigned(h.log_max_cq_sz), unsigned(h.log_max_msg),
               unsigned(h.log_max_ra_req_qp), unsigned(h.log_max_ra_res_qp), unsigned(h.max_wqe_sz_sq),
               unsigned(h.max_wqe_sz_rq));
+  // What rnic/mlx5 derived from them must agree (its caps() are what the
+  // primitives decide offload by).
+  const rnic::DeviceCaps& c = (*dev)->caps();
+  std::string disagree;
+  if (c.backend != "mlx5") disagree += " backend is '" + c.backend + "', not 'mlx5';";
+  if (c.cross_channel != h.cd) disagree += " caps.cross_channel differs from cd;";
+  if (c.cq_ignore_overrun != h.cq_oi) disagree += " caps.cq_ignore_overrun differs from cq_oi;";
+  if (!c.raw_send_ring) disagree += " caps.raw_send_ring is false;";
+  if (c.atomics && !h.atomic) disagree += " caps.atomics without the HCA's atomic;";
+  print_outcome("hca-caps",
+                disagree.empty() ? pass("rnic/mlx5's caps agree with QUERY_HCA_CAP (cd, cq_oi, atomic, raw send ring)")
+                                 : fail("rnic/mlx5's caps disagree with QUERY_HCA_CAP:" + disagree, "caps of " + name),
+                t);
   std::fflush(stdout);
-  return true;
+  return disagree.empty();
 #else
   (void)t;
   std::printf("  HCA caps: not read: this build has no rnic/mlx5 (rdma-core's mlx5dv was not found when it was "
