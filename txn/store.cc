@@ -30,8 +30,32 @@ namespace hyperloop::txn {
 using namespace internal;
 
 // ---- in-flight commits ---------------------------------------------------------------------
-// The Ops of one commit: [0, stripes) lock gCAS, then the record gWRITE and
-// its gFLUSH; after the commit point the gMEMCPYs and the unlock gCAS. Every
+struct InFlight;
+// One log write (group commit): the records of one or more commits, adjacent
+// in the ring, written with one gWRITE and made durable with one gFLUSH
+// (two of each when the group reaches the ring's end and goes on at its
+// start). Every InFlight of the group shares it; the group's gFLUSH
+// acknowledged is the commit point of each of them. Its Ops outlive the
+// group's use of them as the InFlights' do (see below).
+struct LogWrite {
+  struct Segment {
+    uint64_t pos = 0;  // ring position of its first byte
+    std::vector<std::byte> bytes;
+  };
+  Segment seg[2];
+  uint32_t segments = 0;
+  uint32_t records = 0;
+  const InFlight* leader = nullptr;  // the commit that opened it: it polls for all
+  bool issued = false;
+  prim::Op ops[4];  // per segment: gWRITE, then gFLUSH
+  uint32_t ops_issued = 0;
+  size_t bytes() const { return seg[0].bytes.size() + seg[1].bytes.size(); }
+  prim::Op& commit_point() { return ops[ops_issued - 1]; }
+  bool done() const { return issued && (ops_issued == 0 || ops[ops_issued - 1].done()); }
+};
+
+// The Ops of one commit: [0, stripes) lock gCAS; after the commit point the
+// gMEMCPYs and the unlock gCAS. Its record goes out in a LogWrite. Every
 // InFlight enters Impl::applying when its LSN is taken, so that queue is in
 // LSN order: a record is reaped (applied everywhere) only after every record
 // before it, whatever order the committing threads reach their commit points
@@ -45,6 +69,7 @@ struct InFlight {
   bool apply_issued = false;  // past the commit point, apply and unlock all issued
   uint64_t lsn = 0;
   uint64_t end_pos = 0;
+  std::shared_ptr<LogWrite> log;  // the log write carrying its record
   prim::Op& last() { return ops[issued - 1]; }
 };
 
@@ -88,6 +113,17 @@ struct Store::Impl {
   std::string fenced_reason;
   std::vector<std::pair<uint64_t, uint64_t>> ended;  // (store epoch, end LSN) our recoveries ended
   std::deque<std::unique_ptr<InFlight>> applying;  // in LSN order
+  // Group commit: the log write that commits join until it is issued, and
+  // those issued whose gFLUSH is not yet seen acknowledged (at most
+  // o.log_writes_in_flight of them, unless 0).
+  std::shared_ptr<LogWrite> forming;
+  std::vector<std::shared_ptr<LogWrite>> log_open;
+  std::condition_variable log_cv;  // a log write reached its commit point, or the store broke
+  // How long a commit sleeps on its log write's leader before it gives up
+  // (a safety net: the leader's wait ends within op_timeout_ns).
+  std::chrono::nanoseconds follower_cap() const {
+    return std::chrono::nanoseconds(std::max<uint64_t>(10'000'000'000ull, 10 * o.group.op_timeout_ns));
+  }
   std::unique_ptr<prim::Op[]> head_ops;  // [0] gFLUSH of applied data, [1] gWRITE of the head, [2] its gFLUSH
   // Truncation in progress: the data flush, then the head write and its flush.
   enum class HeadStage { kNone, kDataFlush, kHead };
@@ -156,6 +192,20 @@ struct Store::Impl {
     return Status(StatusCode::kAborted, "a slow chain");
   }
   Status commit(std::vector<Transaction::Write>& writes, std::vector<Transaction::Read>& reads, TxnId* id);
+  // Group commit. join_log_locked: the sealed record `rec` (at rec.pos)
+  // joins the forming log write, which is issued at once if fewer than
+  // log_writes_in_flight are open. issue_log_locked: issues the forming one
+  // if there is room (force: whatever the count). REQUIRES: mu.
+  std::shared_ptr<LogWrite> join_log_locked(const Record& rec, const InFlight* fl);
+  Status issue_log_locked(bool force);
+  bool log_room_locked();
+  // Forgets everything in flight: after the group that used it is gone.
+  void forget_in_flight() {
+    applying.clear();
+    forming.reset();
+    log_open.clear();
+    head_stage = HeadStage::kNone;
+  }
   Status read(uint64_t offset, std::span<std::byte> dst, std::vector<Transaction::Read>& reads);
   Status validate_locked(const std::vector<Transaction::Read>& reads) const;
   void reap_locked();
@@ -167,6 +217,7 @@ struct Store::Impl {
   void break_locked(std::string why) {
     if (healthy) broken_reason = std::move(why);
     healthy = false;
+    log_cv.notify_all();  // commits sleeping on a log write's leader (group commit)
   }
   // Checked against the chain at every recovery (never a silent fallback).
   uint32_t read_replica() const { return o.read_replica < 0 ? group->replicas() - 1 : uint32_t(o.read_replica); }
@@ -366,7 +417,7 @@ Status Store::Impl::commit(std::vector<Transaction::Write>& writes, std::vector<
   std::sort(stripes.begin(), stripes.end());
   stripes.erase(std::unique(stripes.begin(), stripes.end()), stripes.end());
 
-  auto owned = std::make_unique<InFlight>(2 * stripes.size() + ranges.size() + 2);
+  auto owned = std::make_unique<InFlight>(2 * stripes.size() + ranges.size());
   InFlight* fl = owned.get();
   const uint32_t all = (1u << group->replicas()) - 1;
   std::vector<uint64_t> locked_word(stripes.size());
@@ -420,7 +471,8 @@ Status Store::Impl::commit(std::vector<Transaction::Write>& writes, std::vector<
     l.lock();
   }
 
-  // Take the stripes and the LSN, and issue lock, record, flush in this order.
+  // Take the stripes and the LSN, issue the locks, and hand the record to a
+  // log write (group commit): issued now, or by whoever finds room for it.
   const uint32_t tag = next_tag;
   next_tag = next_tag % kMaxTag + 1;
   const uint64_t txn_id = next_txn++;
@@ -439,27 +491,82 @@ Status Store::Impl::commit(std::vector<Transaction::Write>& writes, std::vector<
     st = group->cas(fl->ops[fl->issued], lay.lock_off + 8 * s, word[s], locked_word[k], all);
     if (st.is_ok()) ++fl->issued;
   }
-  if (st.is_ok()) st = group->write(fl->ops[fl->issued], record_at, rec.bytes);
-  if (st.is_ok()) ++fl->issued;
-  if (st.is_ok()) st = group->flush(fl->ops[fl->issued], record_at, rec.bytes.size());
-  if (st.is_ok()) ++fl->issued;
+  if (st.is_ok()) {
+    fl->log = join_log_locked(rec, fl);
+    st = issue_log_locked(false);
+  }
   if (!st.is_ok()) {
     break_locked("commit could not issue: " + st.to_string());
     const bool nothing_sent = fl->issued == 0;
     if (nothing_sent && st.code() != StatusCode::kUnavailable) return st;
     return unavailable("commit in doubt (the chain broke while it was issued): " + st.to_string());
   }
-  prim::Op& flush_op = fl->last();
-  l.unlock();
+  const std::shared_ptr<LogWrite> log = fl->log;
+  if (!log->issued) ++stats.log_waits;
 
-  // The commit point: the record's gFLUSH acknowledged by the tail.
-  Status waited_st = group->wait(flush_op);
-  l.lock();
-  if (!waited_st.is_ok() || !flush_op.done()) {
-    break_locked("commit: " + waited_st.to_string());
-    return unavailable("commit in doubt (the chain broke before the record was acknowledged): " +
-                       waited_st.to_string());
+  // The commit point: the log write's gFLUSH acknowledged by the tail. The
+  // write's leader (the commit that opened it) waits for room, issues it if
+  // no one else did, polls the chain until the commit point and wakes the
+  // others, which sleep meanwhile: one polling thread per log write, however
+  // many commits it carries (on a busy client the pollers would otherwise
+  // take the CPU the commits wait for).
+  if (log->leader != fl) {
+    const auto cap = std::chrono::steady_clock::now() + follower_cap();
+    while (healthy && !log->done())
+      if (log_cv.wait_until(l, cap) == std::cv_status::timeout && healthy && !log->done()) {
+        break_locked("commit: the leader of its log write did not reach the commit point within " +
+                     std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(follower_cap()).count()) +
+                     " ms");
+        break;
+      }
+    if (!log->done())
+      return unavailable("commit in doubt (the chain broke before the record was acknowledged): " + broken_reason);
+    if (log->ops_issued != 2 * log->segments)
+      return unavailable("commit in doubt (the chain broke while its record was sent): " + broken_reason);
+  } else {
+    const uint64_t issue_deadline = now() + o.group.op_timeout_ns;
+    while (!log->issued) {
+      if (!healthy)
+        return unavailable("commit in doubt (the chain broke before its record was sent): " + broken_reason);
+      if (Status is = issue_log_locked(false); !is.is_ok()) {
+        break_locked("commit could not issue: " + is.to_string());
+        return unavailable("commit in doubt (the chain broke while it was issued): " + is.to_string());
+      }
+      if (log->issued) break;
+      if (now() > issue_deadline) {
+        break_locked("commit: the log writes ahead of this one did not complete within op_timeout_ns");
+        return unavailable("commit in doubt: " + broken_reason);
+      }
+      l.unlock();
+      group->poll();
+      turn();
+      l.lock();
+    }
+    if (log->ops_issued != 2 * log->segments) {  // its issue failed (and broke the store)
+      break_locked("commit: its log write could not be issued");
+      return unavailable("commit in doubt (the chain broke while its record was sent): " + broken_reason);
+    }
+    prim::Op& flush_op = log->commit_point();
+    l.unlock();
+    Status waited_st = group->wait(flush_op);
+    l.lock();
+    if (!waited_st.is_ok() || !flush_op.done()) {
+      break_locked("commit: " + waited_st.to_string());
+      return unavailable("commit in doubt (the chain broke before the record was acknowledged): " +
+                         waited_st.to_string());
+    }
+    // Hand the next log write on at once (this thread is the first to know),
+    // and wake the commits this one carried.
+    if (forming)
+      if (Status is = issue_log_locked(false); !is.is_ok()) break_locked("commit could not issue: " + is.to_string());
+    log_cv.notify_all();
   }
+  for (uint32_t k = 0; k < log->ops_issued; ++k)
+    if (!log->ops[k].status().is_ok()) {
+      const std::string why = log->ops[k].status().to_string();
+      break_locked("commit: " + why);
+      return unavailable("commit in doubt: " + why);
+    }
   for (size_t k = 0; k < fl->issued; ++k)
     if (!fl->ops[k].status().is_ok()) {
       const std::string why = fl->ops[k].status().to_string();
@@ -503,6 +610,62 @@ Status Store::Impl::commit(std::vector<Transaction::Write>& writes, std::vector<
     return Status::ok();
   }
   fl->apply_issued = true;
+  return Status::ok();
+}
+
+// ---- group commit ---------------------------------------------------------------------------
+// A log write takes records while it forms; it is sealed by its issue. A
+// record that does not follow the forming write's last byte in the ring (it
+// skipped the ring's end) opens its second segment; one that would make the
+// write larger than a quarter of the staging buffer, or need a third
+// segment, has the forming write issued first, whatever the count in flight.
+std::shared_ptr<LogWrite> Store::Impl::join_log_locked(const Record& rec, const InFlight* fl) {
+  const size_t cap = std::max<size_t>(o.group.staging_bytes / 4, rec.bytes.size());
+  if (forming) {
+    LogWrite& f = *forming;
+    const LogWrite::Segment& last = f.seg[f.segments - 1];
+    const bool adjacent = last.pos + last.bytes.size() == rec.pos;
+    if (f.bytes() + rec.bytes.size() > cap || (!adjacent && f.segments == 2)) {
+      if (Status s = issue_log_locked(true); !s.is_ok()) break_locked("commit could not issue: " + s.to_string());
+    }
+  }
+  if (!forming) {
+    forming = std::make_shared<LogWrite>();
+    forming->leader = fl;
+  }
+  LogWrite& f = *forming;
+  if (f.segments == 0 || f.seg[f.segments - 1].pos + f.seg[f.segments - 1].bytes.size() != rec.pos) {
+    f.seg[f.segments].pos = rec.pos;
+    ++f.segments;
+  }
+  std::vector<std::byte>& b = f.seg[f.segments - 1].bytes;
+  b.insert(b.end(), rec.bytes.begin(), rec.bytes.end());
+  ++f.records;
+  return forming;
+}
+
+bool Store::Impl::log_room_locked() {
+  std::erase_if(log_open, [](const std::shared_ptr<LogWrite>& w) { return w->done(); });
+  return o.log_writes_in_flight == 0 || log_open.size() < o.log_writes_in_flight;
+}
+
+Status Store::Impl::issue_log_locked(bool force) {
+  if (!forming || (!force && !log_room_locked())) return Status::ok();
+  std::shared_ptr<LogWrite> w = std::move(forming);
+  w->issued = true;  // whatever happens below: its members stop waiting for it
+  Status st;
+  for (uint32_t k = 0; k < w->segments && st.is_ok(); ++k) {
+    const LogWrite::Segment& g = w->seg[k];
+    const uint64_t at = lay.log_off + g.pos % lay.log_size;
+    st = group->write(w->ops[w->ops_issued], at, g.bytes);
+    if (st.is_ok()) ++w->ops_issued;
+    if (st.is_ok()) st = group->flush(w->ops[w->ops_issued], at, g.bytes.size());
+    if (st.is_ok()) ++w->ops_issued;
+  }
+  if (!st.is_ok()) return st;
+  ++stats.log_writes;
+  stats.log_write_records += w->records;
+  log_open.push_back(std::move(w));
   return Status::ok();
 }
 
@@ -613,8 +776,7 @@ Status Store::Impl::recover_locked(const RecoveryOptions& how) {
   // The old group goes first (the Ops it may still use go after it): its
   // members are dropped on every replica before anything is read.
   group.reset();
-  applying.clear();
-  head_stage = HeadStage::kNone;
+  forget_in_flight();
   const size_t count = hosts.empty() ? endpoints.size() : hosts.size();
   if (o.read_replica >= 0 && size_t(o.read_replica) >= count)
     return invalid_argument("StoreOptions::read_replica " + std::to_string(o.read_replica) + " is not a position of a " +
@@ -1008,8 +1170,7 @@ Status Store::Impl::reconfigure_locked() {
     break_locked("reconfiguring");
   }
   group.reset();  // our members are dropped wherever they can be
-  applying.clear();
-  head_stage = HeadStage::kNone;
+  forget_in_flight();
   coord::ConfigStore& cs = *o.membership.config;
   if (cs.sessions_lost() != claimed_sessions)
     return fence_locked(tenant_text(o.tenant) + ": this client lost its coordination session (" + cs.describe() +

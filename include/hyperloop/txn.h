@@ -48,6 +48,11 @@
 //      the gFLUSH's acknowledgement: the record is durable on every replica
 //      and every gCAS returned the expected old value on every replica.
 //      commit() returns OK there.
+//      Group commit: the gWRITE and gFLUSH are shared. Concurrent commits'
+//      records, adjacent in the ring, go out in one log write (one gWRITE +
+//      one gFLUSH) when StoreOptions::log_writes_in_flight are already in
+//      flight; each record is still whole on its own (recovery is unchanged),
+//      and each commit's locks precede the log write in the chain.
 //   3. After the commit point, pipelined: gMEMCPY of each range from the log
 //      to the data area, gCAS unlock of every stripe (version + 1). Later
 //      operations of the store reap these. Once a quarter of the log is
@@ -280,6 +285,16 @@ struct StoreOptions {
   // replica that acknowledges last. A position outside the chain is
   // kInvalidArgument at open/connect/recover (never silently the tail).
   int read_replica = -1;
+  // Group commit: at most this many log writes in flight. A log write is one
+  // gWRITE + gFLUSH of the records of one or more commits, adjacent in the
+  // ring; a commit that finds this many in flight joins the next one, which
+  // the first committer to see room issues. A lone committer finds room and
+  // goes at once. 0: no limit (each commit writes its own record at once).
+  // Off by default: on the software RNIC on 2 cores it cut the group
+  // operations per commit by a quarter but cost commits/s (bench/txn_bench's
+  // BM_GroupCommit, in the README's figures); where the chain's operations are
+  // the bottleneck, 1 or 2.
+  uint32_t log_writes_in_flight = 0;
   // For the recovery that Store::open / Store::connect run.
   RecoveryOptions recovery;
   // The tenant's record in a coordination service: reconfiguration,
@@ -348,6 +363,9 @@ struct StoreStats {
   uint64_t lock_waits = 0;        // commits that waited for a stripe
   uint64_t read_retries = 0;      // stripe reads taken again (locked/changed)
   uint64_t truncations = 0;       // log heads written
+  uint64_t log_writes = 0;        // log writes issued (group commit: each carries >= 1 record)
+  uint64_t log_write_records = 0;  // records they carried
+  uint64_t log_waits = 0;         // commits whose record waited for a log write in flight
   uint64_t recoveries = 0;
   uint64_t replayed_records = 0;  // by recoveries
   uint64_t resynced_bytes = 0;    // replica bytes overwritten by recoveries
