@@ -63,6 +63,15 @@ struct Group::Impl {
   // out and lands late cannot overwrite a read's bytes.
   static constexpr size_t kCreditBytes = 64;
   static_assert(8 * kMaxReplicas <= kCreditBytes);
+  // The direct lines (ctrl QPs, ctrl_cq, small, read_seq) have their own
+  // lock, so a READ waiting for a slow or dead replica (Group::read,
+  // heartbeat) does not hold up the data path. Lock order: mu, then ctrl_mu
+  // (a credit refresh, under mu, reads over the direct lines); read and
+  // heartbeat take ctrl_mu alone. A READ of theirs that timed out may still
+  // land in the bounce buffer: ctrl_poisoned (under ctrl_mu) then refuses
+  // every later one, and the group is failed under mu.
+  std::mutex ctrl_mu;
+  bool ctrl_poisoned = false;
   uint64_t read_seq = 0;  // wr_id of the last synchronous READ
   std::unique_ptr<rnic::MemoryRegion> msg_mr, ack_mr, staging_mr, small_mr;
   size_t msg_stride = 0, ack_stride = 0;
@@ -94,6 +103,9 @@ struct Group::Impl {
   Status acquire(Op& op, uint64_t deadline);
   Status read_sync(rnic::QueuePair& qp, uint64_t raddr, uint32_t rkey, std::byte* dst, uint32_t len,
                    uint64_t deadline);
+  Status direct_read(std::unique_lock<std::mutex>& c, uint32_t replica, uint64_t raddr, uint32_t rkey, std::byte* dst,
+                     uint32_t len, uint64_t deadline, const char* what);
+  bool is_broken() const;
   enum class Kind { kWrite, kCas, kMemcpy, kFlush };
   // offset: gWRITE/gCAS target; for gMEMCPY the destination (memcpy_len bytes).
   template <typename FillEntry>
@@ -312,6 +324,7 @@ size_t Group::Impl::poll_locked() {
   return done;
 }
 
+// REQUIRES: ctrl_mu held.
 Status Group::Impl::read_sync(rnic::QueuePair& qp, uint64_t raddr, uint32_t rkey, std::byte* dst, uint32_t len,
                               uint64_t deadline) {
   rnic::Sge sg{reinterpret_cast<uint64_t>(dst), len, small_mr->lkey()};
@@ -339,6 +352,9 @@ Status Group::Impl::read_sync(rnic::QueuePair& qp, uint64_t raddr, uint32_t rkey
 }
 
 Status Group::Impl::refresh_credit(uint64_t deadline) {
+  // A credit READ that timed out and lands late lands in the credit words
+  // only, with a value older than any read since: at worst a smaller credit.
+  std::lock_guard<std::mutex> c_lock(ctrl_mu);
   uint64_t c = UINT64_MAX;
   for (uint32_t i = 0; i < n; ++i) {
     HL_RETURN_IF_ERROR(read_sync(*ctrl[i], members[i].ctrl_addr + kArmedSeqOffset, members[i].ctrl_rkey, small + 8 * i,
@@ -595,25 +611,46 @@ Status Group::flush(Op& op, uint64_t offset, uint64_t len) {
   }());
 }
 
+// Group::read and Group::heartbeat hold ctrl_mu only (see Impl::ctrl_mu).
+// REQUIRES: ctrl_mu held. Checks that the group and the direct lines can
+// still be used; after a READ that timed out, poisons the lines and (after
+// letting go of ctrl_mu: lock order) fails the group.
+Status Group::Impl::direct_read(std::unique_lock<std::mutex>& c, uint32_t replica, uint64_t raddr, uint32_t rkey,
+                                std::byte* dst, uint32_t len, uint64_t deadline, const char* what) {
+  if (ctrl_poisoned) return Status(StatusCode::kUnavailable, "an earlier READ over the direct line timed out");
+  const Status st = read_sync(*ctrl[replica], raddr, rkey, dst, len, deadline);
+  if (st.code() == StatusCode::kDeadlineExceeded) {
+    // The READ is still posted and may land in the bounce buffer later:
+    // nothing read over this group could be trusted again.
+    ctrl_poisoned = true;
+    c.unlock();
+    std::lock_guard<std::mutex> l(mu);
+    fail_all(Status(StatusCode::kUnavailable, std::string("a replica did not answer ") + what + " in time"));
+    c.lock();
+  }
+  return st;
+}
+
+bool Group::Impl::is_broken() const {
+  std::lock_guard<std::mutex> l(mu);
+  return broken;
+}
+
 Status Group::read(uint32_t replica, uint64_t offset, std::span<std::byte> dst) {
   HL_RETURN_IF_ERROR(check_range(*this, offset, dst.size(), "read"));
-  std::lock_guard<std::mutex> l(impl_->mu);
   auto& g = *impl_;
   if (replica >= g.n) return out_of_range("read: no replica " + std::to_string(replica));
-  if (g.broken) return g.refused();
+  if (g.is_broken()) {
+    std::lock_guard<std::mutex> l(g.mu);
+    return g.refused();
+  }
+  std::unique_lock<std::mutex> c(g.ctrl_mu);
   const uint64_t deadline = g.now() + g.o.op_timeout_ns;
   for (size_t done = 0; done < dst.size();) {
     const uint32_t chunk = uint32_t(std::min<size_t>(dst.size() - done, Impl::kSmallBytes - Impl::kCreditBytes));
     std::byte* bounce = g.small + Impl::kCreditBytes;
-    const Status st = g.read_sync(*g.ctrl[replica], g.members[replica].region_addr + offset + done,
-                                  g.members[replica].region_rkey, bounce, chunk, deadline);
-    if (st.code() == StatusCode::kDeadlineExceeded) {
-      // The READ is still posted and may land in the bounce buffer later:
-      // nothing read over this group could be trusted again.
-      g.fail_all(Status(StatusCode::kUnavailable, "a replica did not answer a READ within op_timeout"));
-      return st;
-    }
-    HL_RETURN_IF_ERROR(st);
+    HL_RETURN_IF_ERROR(g.direct_read(c, replica, g.members[replica].region_addr + offset + done,
+                                     g.members[replica].region_rkey, bounce, chunk, deadline, "a READ"));
     std::memcpy(dst.data() + done, bounce, chunk);
     done += chunk;
   }
@@ -621,19 +658,17 @@ Status Group::read(uint32_t replica, uint64_t offset, std::span<std::byte> dst) 
 }
 
 Result<uint64_t> Group::heartbeat(uint32_t replica, uint64_t timeout_ns) {
-  std::lock_guard<std::mutex> l(impl_->mu);
   auto& g = *impl_;
   if (replica >= g.n) return out_of_range("heartbeat: no replica " + std::to_string(replica));
-  if (g.broken) return g.refused();
-  std::byte* bounce = g.small + Impl::kCreditBytes;
-  const Status st = g.read_sync(*g.ctrl[replica], g.members[replica].ctrl_addr + kHeartbeatOffset,
-                                g.members[replica].ctrl_rkey, bounce, 8,
-                                g.now() + std::min(timeout_ns, g.o.op_timeout_ns));
-  if (st.code() == StatusCode::kDeadlineExceeded) {
-    g.fail_all(Status(StatusCode::kUnavailable, "a replica did not answer a heartbeat READ in time"));
-    return st;
+  if (g.is_broken()) {
+    std::lock_guard<std::mutex> l(g.mu);
+    return g.refused();
   }
-  HL_RETURN_IF_ERROR(st);
+  std::unique_lock<std::mutex> c(g.ctrl_mu);
+  std::byte* bounce = g.small + Impl::kCreditBytes;
+  HL_RETURN_IF_ERROR(g.direct_read(c, replica, g.members[replica].ctrl_addr + kHeartbeatOffset,
+                                   g.members[replica].ctrl_rkey, bounce, 8,
+                                   g.now() + std::min(timeout_ns, g.o.op_timeout_ns), "a heartbeat READ"));
   uint64_t v;
   std::memcpy(&v, bounce, 8);
   return v;

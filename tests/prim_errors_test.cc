@@ -12,9 +12,12 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -666,6 +669,54 @@ TEST_P(ReadTimeoutTest, AnUnansweredReadBreaksTheGroupSoALateCompletionIsNeverTa
   EXPECT_EQ(again.code(), StatusCode::kUnavailable) << again.to_string();
   Op refused;
   EXPECT_EQ(c.group().write(refused, 0, a).code(), StatusCode::kUnavailable);
+}
+
+// A READ that waits for a replica that does not answer holds the group's
+// direct lines, not its data path: while it waits, another thread issues a
+// gWRITE at once. (Deterministic: the reader's progress hook holds the
+// reader in its wait until the writer's issue returned, bounded; were the
+// two serialized on one lock, the writer could not get in until the READ
+// timed out and broke the group, and its issue would be refused.)
+TEST_P(ReadTimeoutTest, AReadWaitingForASilentReplicaDoesNotHoldUpIssuing) {
+  ClusterOptions o;
+  o.mode = GetParam();
+  o.seed = kSeed ^ 0x7eae;
+  o.nic.ack_timeout_ns = 50'000'000;
+  o.op_timeout_ns = 1'000'000;
+  o.make_group = false;
+  SCOPED_TRACE(trace(o));
+  Cluster c(o);
+  std::mutex turn_mu;
+  std::atomic<bool> reader_waiting{false}, issued{false};
+  static thread_local bool is_reader = false;
+  GroupOptions g = c.group_options();
+  g.progress = [&] {
+    if (is_reader && !reader_waiting.load()) {  // the reader's first turn in its wait: held once
+      reader_waiting = true;
+      for (uint64_t k = 0; k < 5'000'000 && !issued.load(); ++k) std::this_thread::yield();
+    }
+    std::lock_guard<std::mutex> l(turn_mu);
+    c.turn();
+  };
+  auto group = must(Group::create(c.client_device(), c.hosts(), g), "Group::create");
+  c.fabric().set_link(c.client(), c.nic(2), false);
+  Status read_status;
+  std::thread reader([&] {
+    is_reader = true;
+    std::vector<std::byte> got(64);
+    read_status = group->read(2, 0, got);
+  });
+  for (uint64_t k = 0; k < 100'000'000 && !reader_waiting.load(); ++k) std::this_thread::yield();
+  ASSERT_TRUE(reader_waiting.load()) << "the reader never waited";
+  Op op;
+  const Status w = group->write(op, 0, pattern(64, 0xB));
+  issued = true;
+  reader.join();
+  EXPECT_TRUE(IsOk(w)) << "the gWRITE's issue waited for the READ";
+  EXPECT_EQ(read_status.code(), StatusCode::kDeadlineExceeded) << read_status.to_string();
+  EXPECT_TRUE(group->broken());
+  EXPECT_TRUE(op.done() || IsChainFailure(group->wait(op)));
+  group.reset();
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, ReadTimeoutTest, ::testing::ValuesIn(kBothModes),

@@ -36,7 +36,9 @@
 // stays broken (rebuilding it is the transaction layer's job).
 //
 // Thread-safety: a Group may be used from several threads (calls serialize on
-// an internal lock). ReplicaHost is thread-safe.
+// an internal lock; Group::read and Group::heartbeat take a second one, for
+// the direct lines, so a READ that waits for a slow or dead replica does not
+// hold up issuing and polling). ReplicaHost is thread-safe.
 #pragma once
 
 #include <atomic>
