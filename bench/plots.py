@@ -13,7 +13,9 @@ writes into DIR:
                       client on the NIC's core, as if on another machine),
                       log scale
   commits_per_s.png   commits/s of 1 x 64 B against client threads
-                      (BM_CommitThroughput), per mode
+                      (BM_CommitThroughput), per mode, and offload with
+                      group commit off and on (BM_GroupCommit depth:0 and
+                      depth:1: the same run's two cases, side by side)
 Each figure's footer names the date and machine of the JSON's context
 (Google Benchmark records host_name, date, num_cpus, mhz_per_cpu).
 
@@ -116,9 +118,10 @@ def latency_cdf(doc, out):
     return None
 
 
-def line_plot(doc, out, name, family, x_of, y_field, y_div, log_y, xlabel, ylabel, title):
+def line_plot(doc, out, name, family, x_of, y_field, y_div, log_y, xlabel, ylabel, title, extra=()):
     """One line per mode of `family`'s rows: x_of(args) against
-    row[y_field] / y_div. Returns None, or why nothing was drawn."""
+    row[y_field] / y_div. extra: more lines, each (family, keep(args),
+    label, style) from other rows. Returns None, or why nothing was drawn."""
     series = {}
     for args, b in rows(doc, family):
         if y_field in b:
@@ -129,6 +132,10 @@ def line_plot(doc, out, name, family, x_of, y_field, y_div, log_y, xlabel, ylabe
     for m, pts in sorted(series.items()):
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], STYLE.get(m, "-"), marker="o", label=MODES.get(m, m))
+    for fam, keep, label, style in extra:
+        pts = sorted((x_of(a), b[y_field] / y_div) for a, b in rows(doc, fam) if y_field in b and keep(a))
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="s", label=label)
     if log_y:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
@@ -152,7 +159,11 @@ def p99_vs_tenants(doc, out):
 def commits_per_s(doc, out):
     return line_plot(doc, out, "commits_per_s.png", "BM_CommitThroughput", lambda a: a.get("threads", 0),
                      "commits_per_s", 1.0, False, "client threads", "commits/s (1 range x 64 B)",
-                     "transactions over 3 replicas, software RNIC")
+                     "transactions over 3 replicas, software RNIC",
+                     extra=[("BM_GroupCommit", lambda a: a.get("depth") == 0,
+                             "offload, BM_GroupCommit depth 0 (group commit off)", "--"),
+                            ("BM_GroupCommit", lambda a: a.get("depth") == 1,
+                             "offload, BM_GroupCommit depth 1 (1 log write in flight)", "-.")])
 
 
 def main():

@@ -33,7 +33,7 @@ fi
   --benchmark_min_time="$min" --benchmark_repetitions="$reps" --mt_seconds="$mt" \
   --benchmark_out="$out/primitives_bench.json" --benchmark_out_format=json 2> >(tee "$out/summary.txt" >&2)
 "$build/bench/txn_bench" \
-  --benchmark_filter='BM_CommitLatency/mode:[0-9]/ranges:1/bytes:64/|BM_CommitThroughput|BM_ContendedTransfers' \
+  --benchmark_filter='BM_CommitLatency/mode:[0-9]/ranges:1/bytes:64/|BM_CommitThroughput|BM_GroupCommit|BM_ContendedTransfers' \
   --benchmark_min_time="$min" --tput_seconds="$tput" \
   --benchmark_out="$out/txn_bench.json" --benchmark_out_format=json 2> >(tee -a "$out/summary.txt" >&2)
 # Debian's python3 (its python3-matplotlib), not whatever python3 a PATH
