@@ -279,7 +279,10 @@ class ThreadPerNicExecutor final : public Executor {
 
 // Deterministic stepping: each step polls one NIC chosen by a seeded PRNG
 // with budget 1, after advancing virtual time by `ns_per_step`. With the same
-// seed, NICs and inputs, every run takes the same steps.
+// seed, NICs and inputs, every run takes the same steps. step(), run_until()
+// and advance_time() are called by one thread at a time (callers that step
+// from several threads serialize them); now_ns() may be read from any thread
+// meanwhile (a clock that waiting threads look at).
 class ManualExecutor final : public Executor {
  public:
   explicit ManualExecutor(uint64_t seed, uint64_t ns_per_step = 100);
@@ -288,7 +291,7 @@ class ManualExecutor final : public Executor {
   void remove(Nic& nic) override;
 
   uint64_t seed() const { return seed_; }
-  uint64_t now_ns() const { return now_; }
+  uint64_t now_ns() const { return now_.load(std::memory_order_relaxed); }
   uint64_t steps() const { return steps_; }
   // One step. Returns the work done by the polled NIC.
   size_t step();
@@ -297,7 +300,7 @@ class ManualExecutor final : public Executor {
   // Steps until every NIC is idle (or max_steps). Returns true if idle.
   bool run_until_idle(uint64_t max_steps = 10'000'000);
   // Advances virtual time without stepping (e.g. to let a timer fire).
-  void advance_time(uint64_t ns) { now_ += ns; }
+  void advance_time(uint64_t ns) { now_.store(now_ns() + ns, std::memory_order_relaxed); }
   // Runs `action` just before step number `step` (0-based; actions for a
   // step already taken run before the next step). Fault plans use this.
   void at_step(uint64_t step, std::function<void()> action);
@@ -308,7 +311,7 @@ class ManualExecutor final : public Executor {
   uint64_t seed_;
   uint64_t ns_per_step_;
   std::mt19937_64 rng_;
-  uint64_t now_ = 1;
+  std::atomic<uint64_t> now_{1};
   uint64_t steps_ = 0;
   std::vector<Nic*> nics_;
 };

@@ -156,7 +156,7 @@ void ManualExecutor::add(Nic& nic) {
   if (Executor* old = executor_of(nic); old && old != this) old->remove(nic);
   if (std::find(nics_.begin(), nics_.end(), &nic) != nics_.end()) return;
   nics_.push_back(&nic);
-  nic.set_clock([this] { return now_; });
+  nic.set_clock([this] { return now_ns(); });
   set_executor(nic, this);
 }
 
@@ -180,7 +180,7 @@ void ManualExecutor::run_due_actions() {
 
 size_t ManualExecutor::step() {
   if (!actions_.empty()) run_due_actions();
-  now_ += ns_per_step_;
+  advance_time(ns_per_step_);
   ++steps_;
   if (nics_.empty()) return 0;
   Nic* n = nics_[rng_() % nics_.size()];
