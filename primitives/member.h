@@ -117,6 +117,7 @@ struct Tenant {
   // The highest GroupOptions::epoch a CREATE has carried for this tenant:
   // a CREATE below it is refused, one above the member's fences the member.
   uint64_t fence_epoch = 0;
+  std::string epoch_path;  // where fence_epoch is kept (pmem tenants), else empty
   std::string secret;              // what remote clients must prove (empty: none accepted)
 };
 

@@ -2,18 +2,22 @@
 // slot arming that makes the NIC forward by itself, and the host's agent
 // thread: in offload mode it only re-arms used slots, in batches; in CPU
 // forwarding mode it polls, forwards and re-posts (the baseline).
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <string_view>
 #include <thread>
 
 #include "control.h"
@@ -123,6 +127,88 @@ void fence_queues(Member& m) {
   for (rnic::QueuePair* q : {m.out.get(), m.loop.get(), m.master.get(), m.in.get(), m.ctrl_qp.get()})
     if (q) (void)q->set_error();
   m.fail("fenced by a newer epoch");
+}
+}  // namespace
+
+// ---- the durable fence epoch (pmem tenants) ---------------------------------------
+namespace {
+// One line, "hyperloop fence epoch N\n", replaced atomically: written to
+// path.tmp, fsync'd, renamed over path, and the directory fsync'd; a crash
+// leaves the old file or the new one, never a torn one.
+constexpr std::string_view kEpochFilePrefix = "hyperloop fence epoch ";
+
+Status errno_status(const std::string& what) {
+  return Status(StatusCode::kUnavailable, what + ": " + std::strerror(errno));
+}
+
+Status write_fence_epoch(const std::string& path, uint64_t epoch) {
+  const std::string text = std::string(kEpochFilePrefix) + std::to_string(epoch) + "\n";
+  const std::string tmp = path + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return errno_status("fence epoch: open " + tmp);
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t w = ::write(fd, text.data() + done, text.size() - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      Status st = errno_status("fence epoch: write " + tmp);
+      ::close(fd);
+      return st;
+    }
+    done += size_t(w);
+  }
+  if (::fsync(fd) != 0) {
+    Status st = errno_status("fence epoch: fsync " + tmp);
+    ::close(fd);
+    return st;
+  }
+  ::close(fd);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return errno_status("fence epoch: rename " + tmp + " to " + path);
+  const size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return errno_status("fence epoch: open directory " + dir);
+  const int r = ::fsync(dfd);
+  ::close(dfd);
+  if (r != 0) return errno_status("fence epoch: fsync directory " + dir);
+  return Status::ok();
+}
+
+// 0 if the file does not exist; kDataLoss if it holds anything but one line
+// of the format above.
+Result<uint64_t> read_fence_epoch(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return uint64_t{0};
+    return errno_status("fence epoch: open " + path);
+  }
+  char buf[64];
+  size_t got = 0;
+  for (;;) {
+    const ssize_t r = ::read(fd, buf + got, sizeof buf - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) {
+      Status st = errno_status("fence epoch: read " + path);
+      ::close(fd);
+      return st;
+    }
+    if (r == 0 || (got += size_t(r)) == sizeof buf) break;
+  }
+  ::close(fd);
+  const std::string_view t(buf, got);
+  uint64_t epoch = 0;
+  const auto corrupt = [&] {
+    return Status(StatusCode::kDataLoss, "fence epoch file " + path + " is not one line '" +
+                                             std::string(kEpochFilePrefix) + "N': the epochs this host fenced are "
+                                             "unknown; restore it, or remove it only if no older client can reach "
+                                             "this host");
+  };
+  if (got == sizeof buf || t.substr(0, kEpochFilePrefix.size()) != kEpochFilePrefix || t.back() != '\n')
+    return corrupt();
+  const std::string_view digits = t.substr(kEpochFilePrefix.size(), t.size() - kEpochFilePrefix.size() - 1);
+  const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), epoch);
+  if (digits.empty() || ec != std::errc() || end != digits.data() + digits.size()) return corrupt();
+  return epoch;
 }
 }  // namespace
 
@@ -253,7 +339,10 @@ Result<CreatedMember> internal::create_member(ReplicaHost& host, uint32_t tenant
   info.entry_format = m->format;
   CreatedMember created{info, m->id, 0};
   // Everything the new member needs exists: only now is the old one fenced
-  // (a CREATE that fails leaves the member it found serving).
+  // (a CREATE that fails leaves the member it found serving). A newer epoch
+  // is made durable first, where the tenant is.
+  if (o.epoch > t.fence_epoch && !t.epoch_path.empty())
+    HL_RETURN_IF_ERROR(write_fence_epoch(t.epoch_path, o.epoch));
   if (t.member) {
     created.fenced_id = t.member->id;
     fence_queues(*t.member);
@@ -832,6 +921,8 @@ Status ReplicaHost::register_tenant(uint32_t tenant, size_t region_size, const s
   t->secret = std::string(secret);
   HL_ASSIGN_OR_RETURN(t->pd, impl_->device->alloc_pd());
   if (!pmem_path.empty()) {
+    t->epoch_path = pmem_path + ".epoch";
+    HL_ASSIGN_OR_RETURN(t->fence_epoch, read_fence_epoch(t->epoch_path));
     HL_ASSIGN_OR_RETURN(t->pmem, PersistentMemory::open(pmem_path, region_size));
     t->region = t->pmem->data();
   } else {

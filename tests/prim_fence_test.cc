@@ -4,6 +4,9 @@
 // leaves the new members alone. Deterministic (a seeded ManualExecutor).
 #include <gtest/gtest.h>
 
+#include <fstream>
+
+#include "fault_test_util.h"
 #include "prim_test_util.h"
 
 namespace hyperloop::prim_test {
@@ -116,6 +119,64 @@ TEST_P(FenceTest, ACreateThatFailsLeavesTheMemberItFoundServing) {
   // The refused CREATE did not raise the fence: epoch 2 is still free.
   auto next = group_at(c, 2);
   EXPECT_TRUE(next != nullptr);
+}
+
+// With its region in a file, a tenant's fence epoch is kept beside it
+// (pmem_path + ".epoch"): hosts that restart still refuse the epochs they
+// had fenced, so a client that was taken over cannot come back through a
+// restarted host. The owner of the current epoch can. An epoch file that
+// does not parse refuses the tenant (kDataLoss naming it) instead of
+// forgetting the fence.
+TEST_P(FenceTest, ARestartedHostStillRefusesTheEpochsItFenced) {
+  fault_test::TempDir dir;
+  constexpr uint32_t kDurable = 9;
+  auto path = [&](uint32_t i) { return dir.file("r" + std::to_string(i) + ".pmem"); };
+  auto register_all = [&](Cluster& c) -> Status {
+    for (uint32_t i = 0; i < c.n(); ++i)
+      HL_RETURN_IF_ERROR(c.host(i).register_tenant(kDurable, options().region_size, path(i)));
+    return Status::ok();
+  };
+  auto create_at = [&](Cluster& c, uint64_t epoch) {
+    GroupOptions g = c.group_options(kDurable);
+    g.epoch = epoch;
+    return Group::create(c.client_device(), c.hosts(), g);
+  };
+  {
+    Cluster c(options());
+    ASSERT_TRUE(IsOk(register_all(c)));
+    auto first = create_at(c, 3);
+    ASSERT_TRUE(first.is_ok()) << first.status().to_string();
+    auto taken_over = create_at(c, 5);
+    ASSERT_TRUE(taken_over.is_ok()) << taken_over.status().to_string();
+    ASSERT_TRUE(IsOk(write_word(**taken_over, 0, 55)));
+    Op flush;  // durable, so that the restarted hosts' regions show it
+    ASSERT_TRUE(IsOk((*taken_over)->flush(flush, 0, 8)));
+    ASSERT_TRUE(IsOk((*taken_over)->wait(flush)));
+  }  // every host (and NIC) goes: a restart
+  {
+    Cluster c(options());
+    ASSERT_TRUE(IsOk(register_all(c)));
+    auto stale = create_at(c, 3);
+    ASSERT_FALSE(stale.is_ok());
+    EXPECT_EQ(stale.status().code(), StatusCode::kPermissionDenied) << stale.status().to_string();
+    EXPECT_NE(stale.status().message().find("epoch 3 is fenced"), std::string::npos) << stale.status().to_string();
+    auto owner = create_at(c, 5);
+    ASSERT_TRUE(owner.is_ok()) << owner.status().to_string();
+    std::vector<std::byte> back(8);
+    for (uint32_t i = 0; i < c.n(); ++i) {
+      ASSERT_TRUE(IsOk((*owner)->read(i, 0, back)));
+      EXPECT_EQ(load_u64(back.data()), 55u) << "replica " << i;
+    }
+  }
+  std::ofstream(path(1) + ".epoch", std::ios::trunc) << "hyperloop fence epoch 5x\n";
+  {
+    Cluster c(options());
+    const Status s = c.host(1).register_tenant(kDurable, options().region_size, path(1));
+    EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.to_string();
+    EXPECT_NE(s.message().find(path(1) + ".epoch"), std::string::npos) << s.to_string();
+    // The other hosts' files are intact.
+    EXPECT_TRUE(IsOk(c.host(0).register_tenant(kDurable, options().region_size, path(0))));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, FenceTest, ::testing::ValuesIn(kBothModes),

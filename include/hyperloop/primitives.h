@@ -335,10 +335,15 @@ class ReplicaHost {
   // size, on every replica of its chain. With pmem_path the region is a
   // PersistentMemory over that file (created zero-filled if missing, found
   // again after a restart; durability as in hyperloop/pmem.h); without it,
-  // zeroed DRAM. secret: what remote clients of this tenant must prove they
-  // know (Group::connect); a tenant without one accepts no remote client.
-  // Errors: kAlreadyExists, kInvalidArgument, PersistentMemory's errors,
-  // device errors.
+  // zeroed DRAM. With pmem_path the tenant's fence epoch (the highest
+  // GroupOptions::epoch a group creation carried) is kept durably too, in
+  // pmem_path + ".epoch", written (temporary file, fsync, rename, fsync of
+  // the directory) before a newer epoch fences anything: a restarted host
+  // still refuses the epochs it had fenced. secret: what remote clients of
+  // this tenant must prove they know (Group::connect); a tenant without one
+  // accepts no remote client. Errors: kAlreadyExists, kInvalidArgument,
+  // kDataLoss (an epoch file that does not parse: the message names it),
+  // PersistentMemory's errors, device errors.
   Status register_tenant(uint32_t tenant, size_t region_size, const std::string& pmem_path = {},
                          std::string_view secret = {});
 
