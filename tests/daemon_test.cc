@@ -1588,6 +1588,12 @@ class DaemonTxnTest : public DaemonFixture, public ::testing::WithParamInterface
   // failing healthy chains ("READ failed: transport retry counter exceeded",
   // about one run in 30). Failures are still detected well within op_timeout.
   void start_bank_daemons() {
+    // The daemons' NICs get the client's transport timer too: with the
+    // default 20 ms (x 8 retries) a daemon's polling thread kept off the CPU
+    // for 160 ms by the rest of a parallel test run broke a chain in CI (a
+    // forwarding QP's "transport retry counter exceeded").
+    if (soft_wire())
+      daemon_extra_lines_.push_back("data_ack_timeout_ms " + std::to_string(kTxnAckTimeoutNs / 1'000'000));
     ASSERT_NO_FATAL_FAILURE(start_daemons(3, {{kTxnTenant, region_}}, "127.0.0.1", {false, true, false}));
     DAEMON_ASSERT_OK(init_client("127.0.0.1", kTxnAckTimeoutNs));
   }

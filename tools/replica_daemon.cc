@@ -33,7 +33,7 @@
 //             client_timeout_ms N  max_slots N  max_region_bytes N
 //   data wire (device soft only): data_max_connections N  data_inflight_packets N
 //             data_inflight_bytes N  data_send_queue_bytes N  data_connect_timeout_ms N
-//             data_send_stall_timeout_ms N  max_message_bytes N
+//             data_send_stall_timeout_ms N  data_ack_timeout_ms N  max_message_bytes N
 //   log_level debug|info|warn|error
 //
 // On start it prints "ready control=<port> data=<port>" on stdout (tests wait
@@ -90,6 +90,7 @@ struct Config {
   uint64_t max_region_bytes = 64ull << 30;
   LogLevel log_level = LogLevel::kInfo;
   soft::FabricOptions wire;
+  uint64_t ack_timeout_ns = soft::NicOptions{}.ack_timeout_ns;  // the soft NIC's transport retry timer
   std::string first_wire_line;  // "file:line: key" of the first data_* (or max_message_bytes) directive
 };
 
@@ -202,6 +203,9 @@ Result<Config> parse_config(const std::string& file) {
     } else if (key == "data_send_stall_timeout_ms") {
       HL_RETURN_IF_ERROR(number(10, 600'000, &x));
       c.wire.send_stall_timeout_ns = x * 1'000'000;
+    } else if (key == "data_ack_timeout_ms") {
+      HL_RETURN_IF_ERROR(number(1, 60'000, &x));
+      c.ack_timeout_ns = x * 1'000'000;
     } else if (key == "max_message_bytes") {
       HL_RETURN_IF_ERROR(number(64, 1ull << 31, &x));
       c.wire.max_message_bytes = uint32_t(x);
@@ -324,7 +328,7 @@ int main(int argc, char** argv) {
     auto port = fabric->listen(config->address, config->data_port);
     if (!port) return fail("data wire", port.status());
     data_port = *port;
-    auto nic = fabric->create_nic({.name = "replica"});
+    auto nic = fabric->create_nic({.name = "replica", .ack_timeout_ns = config->ack_timeout_ns});
     if (!nic) return fail("NIC", nic.status());
     executor.emplace();
     executor->add(**nic);
