@@ -336,7 +336,12 @@ TEST(WireMemory, RssIsFlatOverManyOperations) {
   const uint64_t ops = env_or("HYPERLOOP_WIRE_MEMORY_OPS", 200'000);
   constexpr uint64_t kBoundKib = 16 * 1024;  // 16 MiB
   soft::SingleThreadExecutor ex;
-  Host a, b;
+  // A memory test, not a timing one: a transport timer long enough that a
+  // loaded CI machine (ASan, a parallel test run) cannot starve the executor
+  // past 8 retries (at the default 20 ms it did, once: a retry-exceeded CQE).
+  soft::NicOptions patient;
+  patient.ack_timeout_ns = 250'000'000;
+  Host a({}, patient), b({}, patient);
   ex.add(*a.nic);
   ex.add(*b.nic);
   auto qa = a.qp(), qb = b.qp();
